@@ -1,0 +1,66 @@
+"""The API application factory."""
+
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+from aiohttp_session import session_middleware
+
+from api import balance, orders, users
+from api.auth import create_storage
+from api.middleware import errors_and_access_log
+from api.passwords import Passwords
+from api.state import PASSWORDS, POOL, SETTINGS, THROTTLE
+from api.throttle import LoginThrottle
+from db.migrate import migrate
+from shared.pg import create_pool
+from shared.settings import ApiSettings
+
+log = structlog.get_logger(__name__)
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.database_uri is not None
+    await migrate(settings.database_uri)
+    app[POOL] = await create_pool(settings.database_uri, min_size=settings.db_pool_min,
+                                  max_size=settings.db_pool_max,
+                                  connect_timeout=settings.db_timeout)
+    yield
+    await app[POOL].close()
+
+
+async def _passwords(app: web.Application) -> AsyncIterator[None]:
+    app[PASSWORDS] = Passwords(app[SETTINGS].hash_concurrency)
+    yield
+    app[PASSWORDS].close()
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/user/register", users.register)
+    app.router.add_post("/api/user/login", users.login)
+    app.router.add_post("/api/user/orders", orders.upload)
+    app.router.add_get("/api/user/orders", orders.list_orders, allow_head=False)
+    app.router.add_get("/api/user/balance", balance.get_balance, allow_head=False)
+    app.router.add_post("/api/user/balance/withdraw", balance.withdraw)
+    app.router.add_get("/api/user/withdrawals", balance.list_withdrawals, allow_head=False)
+    # The older path some clients still call.
+    app.router.add_get("/api/user/balance/withdrawals", balance.list_withdrawals,
+                       allow_head=False)
+
+
+def create_app(settings: ApiSettings) -> web.Application:
+    if not settings.database_uri:
+        raise SystemExit("DATABASE_URI (-d) is required")
+    storage = create_storage(settings.session_secret, settings.session_ttl,
+                             settings.cookie_secure)
+    app = web.Application(
+        middlewares=[errors_and_access_log, session_middleware(storage)],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[THROTTLE] = LoginThrottle(settings.login_max_failures, settings.login_window)
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_passwords)
+    add_routes(app)
+    return app

@@ -1,0 +1,36 @@
+"""GET /api/user/balance, POST /api/user/balance/withdraw, GET /api/user/withdrawals."""
+
+import structlog
+from aiohttp import web
+
+from api.auth import login_required
+from api.bodies import read_withdrawal
+from api.errors import ApiError, empty_response, json_response
+from api.state import POOL
+from db import balance
+from db.balance import Withdrawal
+
+log = structlog.get_logger(__name__)
+
+
+@login_required
+async def get_balance(request: web.Request, user_id: int) -> web.StreamResponse:
+    return json_response(await balance.balance(request.app[POOL], user_id))
+
+
+@login_required
+async def withdraw(request: web.Request, user_id: int) -> web.StreamResponse:
+    order, amount = await read_withdrawal(request)
+    outcome = await balance.withdraw(request.app[POOL], user_id, order, amount)
+    if outcome is Withdrawal.INSUFFICIENT:
+        raise ApiError(402, "not enough points")
+    if outcome is Withdrawal.CONFLICT:
+        raise ApiError(409, "order number already paid with points")
+    log.info("points withdrawn", order=order, sum=str(amount))
+    return json_response({"status": "withdrawn"})
+
+
+@login_required
+async def list_withdrawals(request: web.Request, user_id: int) -> web.StreamResponse:
+    found = await balance.withdrawals(request.app[POOL], user_id)
+    return json_response(found) if found else empty_response(204)

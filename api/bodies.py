@@ -1,0 +1,117 @@
+"""Reading request bodies into validated values, with a clear reason when not."""
+
+import unicodedata
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+
+from api.errors import ApiError
+from shared.jsonio import JSONInputError, loads_exact
+from shared.luhn import MAX_ORDER_DIGITS, is_order_number
+from shared.money import parse_amount
+
+MAX_LOGIN = 256
+MAX_PASSWORD = 1024
+_ORDER_KEYS = ("order_number", "number", "order")
+# Content types an order upload may come with: plain text, JSON, and curl's
+# default for ``-d`` (the brief's examples send JSON that way), or none.
+_ORDER_TYPES = {"text/plain", "application/json", "application/x-www-form-urlencoded",
+                "application/octet-stream", ""}
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    body = await request.read()
+    if not body.strip():
+        raise ApiError(400, "empty body")
+    try:
+        value = loads_exact(body)
+    except JSONInputError as exc:
+        raise ApiError(400, str(exc)) from exc
+    if not isinstance(value, dict):
+        raise ApiError(400, "expected a JSON object")
+    return value
+
+
+def _text_field(data: dict[str, Any], *keys: str, limit: int) -> str:
+    present = [key for key in keys if key in data]
+    if not present:
+        raise ApiError(400, f"missing field {keys[0]!r}")
+    value = data[present[0]]
+    if not isinstance(value, str):
+        raise ApiError(400, f"{present[0]!r} must be a string")
+    if not value:
+        raise ApiError(400, f"{present[0]!r} must not be empty")
+    if len(value) > limit:
+        raise ApiError(400, f"{present[0]!r} is longer than {limit} characters")
+    return value
+
+
+def _has_control_chars(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in text)
+
+
+async def read_credentials(request: web.Request) -> tuple[str, str]:
+    """(login, password) from ``{"login"|"username": …, "password": …}``."""
+    data = await read_json_object(request)
+    login = _text_field(data, "login", "username", limit=MAX_LOGIN)
+    if _has_control_chars(login) or login != login.strip():
+        raise ApiError(400, "login must not contain control characters or surrounding spaces")
+    password = _text_field(data, "password", limit=MAX_PASSWORD)
+    return login, password
+
+
+def checked_order_number(value: str) -> str:
+    if not is_order_number(value):
+        if len(value) > MAX_ORDER_DIGITS:
+            raise ApiError(422, f"order number longer than {MAX_ORDER_DIGITS} digits")
+        raise ApiError(422, "order number must be ASCII digits passing the Luhn check")
+    return value
+
+
+def _order_from_json(data: Any) -> str:
+    if not isinstance(data, dict):
+        raise ApiError(400, "expected a JSON object or a plain-text order number")
+    for key in _ORDER_KEYS:
+        if key in data:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+                raise ApiError(400, f"{key!r} must be a string of digits")
+            return checked_order_number(str(value).strip())
+    raise ApiError(400, "missing field 'order_number'")
+
+
+async def read_order_upload(request: web.Request) -> str:
+    """The order number from a text/plain body, or from the brief's JSON form."""
+    if request.content_type not in _ORDER_TYPES:
+        raise ApiError(415, "send the order number as text/plain or application/json")
+    body = await request.read()
+    try:
+        text = body.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "body is not valid UTF-8") from exc
+    if not text:
+        raise ApiError(400, "empty body: send the order number")
+    if request.content_type == "application/json" or text[0] in "{[":
+        try:
+            data = loads_exact(text)
+        except JSONInputError as exc:
+            raise ApiError(400, str(exc)) from exc
+        return _order_from_json(data)
+    return checked_order_number(text)
+
+
+async def read_withdrawal(request: web.Request) -> tuple[str, Decimal]:
+    """(order, sum) from ``{"order": "…", "sum": 751}``."""
+    data = await read_json_object(request)
+    if "order" not in data:
+        raise ApiError(400, "missing field 'order'")
+    if "sum" not in data:
+        raise ApiError(400, "missing field 'sum'")
+    order = data["order"]
+    if isinstance(order, bool) or not isinstance(order, str | int):
+        raise ApiError(400, "'order' must be a string of digits")
+    amount = parse_amount(data["sum"])
+    if amount is None:
+        raise ApiError(400, "'sum' must be a positive number with at most two decimals")
+    return checked_order_number(str(order)), amount

@@ -1,0 +1,37 @@
+"""Errors as the API answers them: ``{"error": "<reason>"}`` with a 4xx/5xx status."""
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from shared.jsonio import dumps
+
+
+class ApiError(Exception):
+    """Raise from a handler to answer ``status`` with a JSON reason."""
+
+    def __init__(self, status: int, reason: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = dict(headers or {})
+
+
+def json_response(payload: object, status: int = 200) -> web.Response:
+    return web.Response(body=dumps(payload), status=status, content_type="application/json")
+
+
+def error_response(status: int, reason: str,
+                   headers: Mapping[str, str] | None = None) -> web.Response:
+    response = json_response({"error": reason}, status)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def empty_response(status: int = 204) -> web.Response:
+    """A body-less answer that still says ``Content-Type: application/json``."""
+    response = web.Response(status=status)
+    response.headers["Content-Type"] = "application/json"
+    return response

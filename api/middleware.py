@@ -1,0 +1,80 @@
+"""Request plumbing: request ids, the access log, JSON errors, compression."""
+
+import asyncio
+import re
+import time
+import uuid
+
+import asyncpg
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from api.errors import ApiError, error_response
+
+log = structlog.get_logger("api.access")
+
+# Client-supplied request ids are echoed only when they look like ids.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+COMPRESS_MIN_BYTES = 1024
+
+# Errors meaning "the database is not reachable right now": answered 503.
+DATABASE_DOWN = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+def _request_id(request: web.Request) -> str:
+    supplied = request.headers.get("X-Request-ID", "")
+    return supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+
+
+@web.middleware
+async def errors_and_access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON answer and log one line per request."""
+    started = time.perf_counter()
+    request_id = _request_id(request)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.reason, exc.headers)
+    except web.HTTPException as exc:
+        # Routing and body-size errors raised by aiohttp itself (404, 405, 413).
+        response = error_response(exc.status, exc.reason, _kept_headers(exc))
+    except DATABASE_DOWN as exc:
+        log.warning("database unavailable", error=repr(exc))
+        response = error_response(503, "service temporarily unavailable",
+                                  {"Retry-After": "1"})
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error")
+        response = error_response(500, f"internal error (request id {request_id})")
+    response.headers["X-Request-ID"] = request_id
+    _maybe_compress(request, response)
+    log.info("request", method=request.method, path=request.path, status=response.status,
+             latency_ms=round((time.perf_counter() - started) * 1000, 2))
+    return response
+
+
+def _kept_headers(exc: web.HTTPException) -> dict[str, str]:
+    return {name: exc.headers[name] for name in (hdrs.ALLOW, hdrs.RETRY_AFTER)
+            if name in exc.headers}
+
+
+def _maybe_compress(request: web.Request, response: web.StreamResponse) -> None:
+    """gzip bodies worth compressing when the client accepts it."""
+    if not isinstance(response, web.Response) or response.body is None:
+        return
+    body = response.body
+    if isinstance(body, bytes | bytearray) and len(body) >= COMPRESS_MIN_BYTES \
+            and "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, ""):
+        response.enable_compression(web.ContentCoding.gzip)

@@ -1,0 +1,31 @@
+"""POST and GET /api/user/orders."""
+
+import structlog
+from aiohttp import web
+
+from api.auth import login_required
+from api.bodies import read_order_upload
+from api.errors import ApiError, empty_response, json_response
+from api.state import POOL
+from db import orders
+from db.orders import Upload
+
+log = structlog.get_logger(__name__)
+
+
+@login_required
+async def upload(request: web.Request, user_id: int) -> web.StreamResponse:
+    number = await read_order_upload(request)
+    outcome = await orders.upload(request.app[POOL], number, user_id)
+    if outcome is Upload.TAKEN:
+        raise ApiError(409, "order number was uploaded by another user")
+    if outcome is Upload.ALREADY_YOURS:
+        return json_response({"status": "order already uploaded"}, 200)
+    log.info("order uploaded", order=number)
+    return json_response({"status": "accepted for processing"}, 202)
+
+
+@login_required
+async def list_orders(request: web.Request, user_id: int) -> web.StreamResponse:
+    found = await orders.list_for_user(request.app[POOL], user_id)
+    return json_response(found) if found else empty_response(204)

@@ -1,0 +1,53 @@
+"""Argon2id password hashing off the event loop, with bounded concurrency.
+
+Parameters follow OWASP's password storage guidance for Argon2id
+(m = 19 MiB, t = 2, p = 1). argon2-cffi releases the GIL while hashing, so a
+small thread pool runs hashes in parallel without stalling the loop; the
+pool's size is the bound on concurrent hashes (and on the memory they take).
+"""
+
+import asyncio
+import os
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
+TIME_COST = 2
+MEMORY_COST_KIB = 19 * 1024
+PARALLELISM = 1
+
+
+class Passwords:
+    def __init__(self, concurrency: int = 0) -> None:
+        workers = concurrency or os.cpu_count() or 2
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
+        self._hasher = PasswordHasher(time_cost=TIME_COST, memory_cost=MEMORY_COST_KIB,
+                                      parallelism=PARALLELISM, type=Type.ID)
+        # Verified against for unknown logins, so that they cost a full hash too.
+        self._decoy = self._hasher.hash(secrets.token_urlsafe(16))
+
+    @property
+    def hasher(self) -> PasswordHasher:
+        return self._hasher
+
+    async def hash(self, password: str) -> str:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._hasher.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """True when the password matches; ``None`` (unknown login) does the same work."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._verify_sync, password_hash, password)
+
+    def _verify_sync(self, password_hash: str | None, password: str) -> bool:
+        try:
+            ok = self._hasher.verify(password_hash or self._decoy, password)
+        except (VerificationError, InvalidHashError):
+            return False
+        return bool(ok) and password_hash is not None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

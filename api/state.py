@@ -1,0 +1,13 @@
+"""Typed application state shared by the handlers."""
+
+import asyncpg
+from aiohttp import web
+
+from api.passwords import Passwords
+from api.throttle import LoginThrottle
+from shared.settings import ApiSettings
+
+SETTINGS = web.AppKey("settings", ApiSettings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+PASSWORDS = web.AppKey("passwords", Passwords)
+THROTTLE = web.AppKey("throttle", LoginThrottle)

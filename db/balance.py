@@ -1,0 +1,70 @@
+"""Balance and withdrawals: the guarded debit and what the user reads."""
+
+import enum
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+# One statement, so one atomic unit: the debit happens only when the balance
+# covers it (the row lock serialises concurrent debits, CHECK is the
+# backstop), and the ledger entry's UNIQUE (kind, order_number) aborts the
+# whole statement, debit included, when the order number was already paid.
+_WITHDRAW = """
+WITH debit AS (
+    UPDATE balances SET current = current - $3, withdrawn = withdrawn + $3
+    WHERE user_id = $1 AND current >= $3
+    RETURNING user_id
+)
+INSERT INTO ledger (user_id, kind, order_number, amount)
+SELECT user_id, 'withdrawal', $2, $3 FROM debit
+RETURNING id
+"""
+
+_EXISTING = """
+SELECT user_id, amount FROM ledger WHERE kind = 'withdrawal' AND order_number = $1
+"""
+
+_BALANCE = "SELECT current, withdrawn FROM balances WHERE user_id = $1"
+
+_WITHDRAWALS = """
+SELECT order_number, amount, created_at
+FROM ledger WHERE user_id = $1 AND kind = 'withdrawal'
+ORDER BY created_at DESC, id DESC
+"""
+
+
+class Withdrawal(enum.Enum):
+    DONE = "done"
+    INSUFFICIENT = "not enough points"
+    CONFLICT = "order already paid with points"
+
+
+async def withdraw(pool: asyncpg.Pool, user_id: int, order: str, amount: Decimal) -> Withdrawal:
+    """Spend points on an order; a repeat of the same user, order and sum is a no-op."""
+    try:
+        if await pool.fetchval(_WITHDRAW, user_id, order, amount) is not None:
+            return Withdrawal.DONE
+    except asyncpg.UniqueViolationError:
+        pass
+    existing = await pool.fetchrow(_EXISTING, order)
+    if existing is None:
+        return Withdrawal.INSUFFICIENT
+    if existing["user_id"] == user_id and existing["amount"] == amount:
+        return Withdrawal.DONE
+    return Withdrawal.CONFLICT
+
+
+async def balance(pool: asyncpg.Pool, user_id: int) -> dict[str, Decimal]:
+    row = await pool.fetchrow(_BALANCE, user_id)
+    if row is None:
+        return {"current": Decimal(0), "withdrawn": Decimal(0)}
+    return {"current": row["current"], "withdrawn": row["withdrawn"]}
+
+
+async def withdrawals(pool: asyncpg.Pool, user_id: int) -> list[dict[str, Any]]:
+    """The user's withdrawals, newest first, in the API's JSON shape."""
+    return [
+        {"order": row["order_number"], "sum": row["amount"], "processed_at": row["created_at"]}
+        for row in await pool.fetch(_WITHDRAWALS, user_id)
+    ]

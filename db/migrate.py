@@ -1,0 +1,87 @@
+"""Schema migrations: numbered SQL files under db/migrations, applied in order.
+
+The runner holds a PostgreSQL advisory lock for the whole run, so several
+replicas starting at the same moment apply each file exactly once: the
+first takes the lock and migrates, the others wait and then find nothing
+left to do. Each file runs in its own transaction together with its row in
+``schema_migrations``, so a failed file leaves no half-applied schema.
+"""
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+import structlog
+
+from shared.pg import SCHEMA
+
+log = structlog.get_logger(__name__)
+
+# Any constant unique to Gophermart: the advisory lock key space is per database.
+_LOCK_KEY = 0x60F3E4A7
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def available() -> list[Migration]:
+    """Every migration file shipped with the package, in version order."""
+    found = []
+    for entry in resources.files("db").joinpath("migrations").iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration versions: {versions}")
+    return found
+
+
+async def applied_versions(conn: asyncpg.Connection) -> set[int]:
+    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL",
+                                 f"{SCHEMA}.schema_migrations")
+    if not exists:
+        return set()
+    rows = await conn.fetch(f"SELECT version FROM {SCHEMA}.schema_migrations")
+    return {row["version"] for row in rows}
+
+
+async def pending(conn: asyncpg.Connection) -> list[Migration]:
+    done = await applied_versions(conn)
+    return [m for m in available() if m.version not in done]
+
+
+async def migrate(dsn: str) -> list[str]:
+    """Apply what is missing; return the names of the files applied."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        try:
+            await conn.execute(
+                f"CREATE SCHEMA IF NOT EXISTS {SCHEMA};"
+                f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            applied = []
+            for migration in await pending(conn):
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL search_path TO {SCHEMA}")
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES ($1, $2)",
+                        migration.version, migration.name)
+                log.info("migration applied", migration=migration.name)
+                applied.append(migration.name)
+            return applied
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    finally:
+        await conn.close()

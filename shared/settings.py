@@ -1,0 +1,165 @@
+"""Configuration: environment wins over a flag, a flag wins over the default.
+
+Each setting is a dataclass field whose metadata names its env var and flags;
+``load`` builds the argparse parser from the fields, so ``-h`` always lists
+every setting and there is no second list to drift.
+"""
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def setting(default: Any, env: str, *flags: str, help: str) -> Any:
+    """Declare one setting: its default, env var, flags and help text."""
+    return dataclasses.field(default=default, metadata={"env": env, "flags": flags, "help": help})
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _converter(hint: Any) -> Any:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _converter(inner[0])
+    if hint is bool:
+        return _parse_bool
+    return hint
+
+
+def load(cls: type[T], argv: Sequence[str] | None = None,
+         environ: Mapping[str, str] | None = None, prog: str | None = None) -> T:
+    """Build ``cls`` from flags and environment; exits with usage on bad input."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(cls.__doc__ or "").strip(),
+        epilog="Every setting can also come from its environment variable, which wins.",
+    )
+    fields = [f for f in dataclasses.fields(cls) if "env" in f.metadata]  # type: ignore[arg-type]
+    for field in fields:
+        flags = field.metadata["flags"] or (f"--{field.name.replace('_', '-')}",)
+        env = field.metadata["env"]
+        parser.add_argument(
+            *flags,
+            dest=field.name,
+            metavar=env,
+            default=None,
+            help=f"{field.metadata['help']} [env {env}; default {field.default!r}]",
+        )
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for field in fields:
+        raw = environ.get(field.metadata["env"])
+        if raw is None:
+            raw = getattr(args, field.name)
+        if raw is None:
+            continue
+        try:
+            values[field.name] = _converter(hints[field.name])(raw)
+        except ValueError:
+            parser.error(f"{field.metadata['env']}: cannot read {raw!r}")
+    return cls(**values)
+
+
+def with_scheme(address: str) -> str:
+    """``host:port`` or ``http://host:port/`` -> ``http://host:port``."""
+    address = address.strip().rstrip("/")
+    if "://" not in address:
+        address = "http://" + address
+    return address
+
+
+def split_host_port(address: str, default_port: int = 8080) -> tuple[str, int]:
+    """``host:port`` (also ``:port``, ``[::1]:port``, ``http://host:port``) -> (host, port).
+
+    ``localhost`` listens on 127.0.0.1 so that IPv4 clients always reach it.
+    """
+    address = address.strip()
+    if "://" in address:
+        address = address.split("://", 1)[1]
+    address = address.rstrip("/")
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        host, port = address, str(default_port)
+    host = host.strip("[]") or "0.0.0.0"
+    if host == "localhost":
+        host = "127.0.0.1"
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """Settings both processes share."""
+
+    database_uri: str | None = setting(
+        None, "DATABASE_URI", "-d", help="PostgreSQL DSN (required)")
+    accrual_system_address: str | None = setting(
+        None, "ACCRUAL_SYSTEM_ADDRESS", "-r",
+        help="accrual system base URL, with or without scheme")
+    log_level: str = setting("info", "LOG_LEVEL", "--log-level",
+                             help="debug, info, warning or error")
+    log_format: str = setting(
+        "auto", "LOG_FORMAT", "--log-format",
+        help="json, console, or auto (console on a terminal, JSON otherwise)")
+    db_pool_min: int = setting(2, "DB_POOL_MIN", help="minimum PostgreSQL connections")
+    db_pool_max: int = setting(10, "DB_POOL_MAX", help="maximum PostgreSQL connections")
+    db_timeout: float = setting(
+        5.0, "DB_TIMEOUT", help="seconds to wait for a connection or a query")
+
+
+@dataclass(frozen=True)
+class ApiSettings(CommonSettings):
+    """Gophermart API server."""
+
+    run_address: str = setting("localhost:8080", "RUN_ADDRESS", "-a",
+                               help="listen address host:port")
+    session_secret: str | None = setting(
+        None, "SESSION_SECRET", "-s",
+        help="secret that signs and encrypts session cookies and tokens "
+             "(any string; random per start when unset)")
+    session_ttl: int = setting(86400, "SESSION_TTL", help="seconds a login stays valid")
+    cookie_secure: bool = setting(
+        False, "COOKIE_SECURE", help="mark the session cookie Secure (behind HTTPS)")
+    max_body_bytes: int = setting(
+        65536, "MAX_BODY_BYTES", help="largest accepted request body, decompressed")
+    hash_concurrency: int = setting(
+        0, "HASH_CONCURRENCY", help="password hashes at once (0 = CPU count)")
+    login_max_failures: int = setting(
+        10, "LOGIN_MAX_FAILURES",
+        help="failed logins per login or per client address before throttling (0 = off)")
+    login_window: int = setting(
+        300, "LOGIN_WINDOW", help="seconds over which failed logins are counted")
+
+
+@dataclass(frozen=True)
+class WorkerSettings(CommonSettings):
+    """Gophermart accrual worker."""
+
+    worker_concurrency: int = setting(
+        32, "WORKER_CONCURRENCY", help="accrual requests in flight per process")
+    worker_batch_size: int = setting(
+        64, "WORKER_BATCH_SIZE", help="orders claimed per claim")
+    worker_lease: float = setting(
+        30.0, "WORKER_LEASE", help="seconds a claimed order stays reserved for one worker")
+    worker_poll_interval: float = setting(
+        1.0, "WORKER_POLL_INTERVAL", help="seconds between polls when no notification comes")
+    accrual_timeout: float = setting(
+        5.0, "ACCRUAL_TIMEOUT", help="seconds to wait for one accrual answer")
+    health_address: str | None = setting(
+        None, "WORKER_HEALTH_ADDRESS",
+        help="host:port for the worker's /healthz, /readyz and /metrics (off when unset)")
