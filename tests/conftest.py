@@ -11,14 +11,19 @@ import itertools
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from pathlib import Path
+from typing import Any, cast
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient
 
+from api.app import create_app
 from db.migrate import migrate
 from shared.localpg import LocalPostgres
 from shared.pg import create_pool
+from shared.settings import ApiSettings
 
 TEMPLATE = "gophermart_template"
 _counter = itertools.count()
@@ -74,3 +79,42 @@ async def pool(database_uri: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+# --- the API server, in-process --------------------------------------------
+
+SECRET = "test-session-secret"
+
+
+@pytest.fixture
+def api_settings(database_uri: str) -> ApiSettings:
+    return ApiSettings(database_uri=database_uri, session_secret=SECRET,
+                       login_max_failures=0)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, api_settings: ApiSettings) -> TestClient:
+    app = create_app(api_settings)
+    return cast(TestClient, await aiohttp_client(app))
+
+
+async def register(client: TestClient, login: str, password: str = "secret-pass") -> str:
+    """Register a user and return the ``Authorization`` header value handed out."""
+    response = await client.post("/api/user/register",
+                                 json={"login": login, "password": password})
+    assert response.status == 200, await response.text()
+    return response.headers["Authorization"]
+
+
+async def credit(pool: asyncpg.Pool, user_login: str, amount: str, order: str) -> None:
+    """Credit points the way the worker does: a ledger entry and the balance, together."""
+    async with pool.acquire() as conn, conn.transaction():
+        user_id = await conn.fetchval("SELECT id FROM users WHERE login = $1", user_login)
+        await conn.execute(
+            "INSERT INTO orders (number, user_id, status, accrual) "
+            "VALUES ($1, $2, 'PROCESSED', $3)", order, user_id, Decimal(amount))
+        await conn.execute(
+            "INSERT INTO ledger (user_id, kind, order_number, amount) "
+            "VALUES ($1, 'accrual', $2, $3)", user_id, order, Decimal(amount))
+        await conn.execute("UPDATE balances SET current = current + $2 WHERE user_id = $1",
+                           user_id, Decimal(amount))
