@@ -160,6 +160,48 @@ class WorkerSettings(CommonSettings):
         1.0, "WORKER_POLL_INTERVAL", help="seconds between polls when no notification comes")
     accrual_timeout: float = setting(
         5.0, "ACCRUAL_TIMEOUT", help="seconds to wait for one accrual answer")
+    worker_stop_timeout: float = setting(
+        3.0, "WORKER_STOP_TIMEOUT",
+        help="seconds in-flight accrual calls may finish after SIGINT/SIGTERM")
+    worker_backoff_first: float = setting(
+        0.5, "WORKER_BACKOFF_FIRST",
+        help="seconds before asking again about an order that is not final yet")
+    worker_backoff_max: float = setting(
+        60.0, "WORKER_BACKOFF_MAX", help="longest interval between asks about one order")
+    accrual_retries: int = setting(
+        4, "ACCRUAL_RETRIES",
+        help="tries per accrual call on network errors, timeouts and 5xx")
+    accrual_rate_share: float = setting(
+        0.97, "ACCRUAL_RATE_SHARE",
+        help="share of the announced requests-per-minute limit the fleet paces itself to")
     health_address: str | None = setting(
         None, "WORKER_HEALTH_ADDRESS",
         help="host:port for the worker's /healthz, /readyz and /metrics (off when unset)")
+
+
+@dataclass(frozen=True)
+class StackSettings(ApiSettings, WorkerSettings):
+    """Gophermart API server and accrual worker together, for one machine.
+
+    With DATABASE_URI unset a local PostgreSQL is started under --data-dir;
+    with ACCRUAL_SYSTEM_ADDRESS unset the bundled accrual simulator is started.
+    """
+
+    data_dir: str = setting(".data", "GOPHERMART_DATA_DIR",
+                            help="where the local PostgreSQL keeps its files")
+    local_pg_port: int = setting(15432, "GOPHERMART_LOCAL_PG_PORT",
+                                 help="port of the local PostgreSQL")
+    simulator_address: str = setting(
+        "localhost:8081", "GOPHERMART_SIMULATOR_ADDRESS",
+        help="listen address of the bundled accrual simulator")
+
+
+def to_environ(settings: object) -> dict[str, str]:
+    """Every set value as its env var, for a child process to read back."""
+    result = {}
+    for field in dataclasses.fields(settings):  # type: ignore[arg-type]
+        value = getattr(settings, field.name)
+        if "env" in field.metadata and value is not None:
+            result[field.metadata["env"]] = str(value).lower() if isinstance(value, bool) \
+                else str(value)
+    return result
