@@ -21,12 +21,30 @@ from aiohttp.test_utils import TestClient
 
 from api.app import create_app
 from db.migrate import migrate
+from shared import logs
 from shared.localpg import LocalPostgres
 from shared.pg import create_pool
 from shared.settings import ApiSettings
 
 TEMPLATE = "gophermart_template"
 _counter = itertools.count()
+
+
+# Passwords and secrets the suite uses: none may ever reach a log line.
+NEVER_LOGGED = ("secret-pass", "plain-text-password", "password1", "test-session-secret",
+                "e2e-secret", "$argon2id$")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def captured_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every in-process log line of the run, as JSON, checked for secrets at the end."""
+    path = tmp_path_factory.mktemp("logs") / "suite.jsonl"
+    with path.open("w") as stream:
+        logs.configure("debug", "json", stream=stream)
+        yield path
+    text = path.read_text()
+    leaked = [secret for secret in NEVER_LOGGED if secret in text]
+    assert not leaked, f"secrets in the logs: {leaked}"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,135 @@
+"""The whole system as real processes: simulator, API, two workers, PostgreSQL."""
+
+import asyncio
+import signal
+from decimal import Decimal
+
+import asyncpg
+
+from shared.luhn import with_check_digit
+from tests.e2e.conftest import System, SystemFactory
+
+
+async def _status(system: System, token: str, number: str) -> str | None:
+    code, orders = await system.get(token, "/api/user/orders")
+    if code != 200:
+        return None
+    return next((o["status"] for o in orders if o["number"] == number), None)
+
+
+async def test_spec_example_from_rule_to_withdrawal(start_system: SystemFactory) -> None:
+    system = await start_system()
+    await system.sim_rule("Bork", 5, "%")
+    await system.sim_order("12345678903", [("Стиральная машинка LG", "47399.99"),
+                                           ("Телевизор Bork", "14599.50")])
+    token = await system.register("shopper")
+    assert await system.upload(token, "12345678903") == 202
+
+    async def processed() -> bool:
+        return await _status(system, token, "12345678903") == "PROCESSED"
+
+    await system.wait_for(processed, within=5, what="order PROCESSED")
+    _, orders = await system.get(token, "/api/user/orders")
+    assert orders[0]["accrual"] == 729.98
+    assert await system.get(token, "/api/user/balance") == (
+        200, {"current": 729.98, "withdrawn": 0})
+    assert await system.withdraw(token, "2377225624", "500") == 200
+    assert await system.withdraw(token, with_check_digit("777"), "230") == 402
+    assert await system.get(token, "/api/user/balance") == (
+        200, {"current": 229.98, "withdrawn": 500})
+    code, withdrawals = await system.get(token, "/api/user/withdrawals")
+    assert code == 200
+    assert [(w["order"], w["sum"]) for w in withdrawals] == [("2377225624", 500)]
+
+
+async def test_order_unknown_to_the_accrual_system_stays_new(start_system: SystemFactory) -> None:
+    system = await start_system(sim_args=("--delay", "30"))
+    await system.sim_rule("Pringles", 10, "%")
+    await system.sim_order("79927398713", [("Чипсы Pringles", "100")])
+    token = await system.register("patient")
+    assert await system.upload(token, "12345678903") == 202  # the simulator never heard of it
+    assert await system.upload(token, "79927398713") == 202  # known, computing for 30 s
+
+    async def asked_about_both_twice() -> bool:
+        stats = await system.sim_stats()
+        return int(stats["requests"]) >= 4
+
+    await system.wait_for(asked_about_both_twice, within=10, what="repeated asks")
+    assert await _status(system, token, "12345678903") == "NEW"
+    assert await _status(system, token, "79927398713") in ("NEW", "PROCESSING")
+    assert await system.get(token, "/api/user/balance") == (200, {"current": 0, "withdrawn": 0})
+
+
+async def test_killed_worker_loses_nothing_and_credits_nothing_twice(
+        start_system: SystemFactory, pool: asyncpg.Pool) -> None:
+    # Every answer takes 0.5-1 s, so the first worker dies holding leases.
+    system = await start_system(
+        workers=1,
+        sim_args=("--delay", "0", "--latency-rate", "1", "--latency-min", "0.5",
+                  "--latency-max", "1"),
+        worker_env={"WORKER_LEASE": "2", "WORKER_BATCH_SIZE": "20"})
+    await system.sim_rule("Bork", "12.5", "pt")
+    numbers = [with_check_digit(str(40000 + i)) for i in range(40)]
+    for number in numbers:
+        await system.sim_order(number, [("Bork", "1")])
+    token = await system.register("survivor")
+    for number in numbers:
+        assert await system.upload(token, number) == 202
+
+    async def leases_held() -> bool:
+        held: int = await pool.fetchval(
+            "SELECT count(*) FROM gophermart.orders WHERE attempts > 0"
+            " AND status IN ('NEW', 'PROCESSING') AND next_attempt_at > now()")
+        return held > 0
+
+    await system.wait_for(leases_held, within=10, what="claimed orders")
+    system.workers[0].stop(signal.SIGKILL)
+    system.add_worker()
+    system.add_worker()
+
+    async def all_processed() -> bool:
+        done: int = await pool.fetchval(
+            "SELECT count(*) FROM gophermart.orders WHERE status = 'PROCESSED'")
+        return done == len(numbers)
+
+    await system.wait_for(all_processed, within=40, what="every order PROCESSED")
+    credits = await pool.fetch("SELECT order_number, count(*) AS n FROM gophermart.ledger"
+                               " WHERE kind = 'accrual' GROUP BY order_number")
+    assert sorted(r["order_number"] for r in credits) == sorted(numbers)
+    assert all(r["n"] == 1 for r in credits)
+    assert await system.get(token, "/api/user/balance") == (
+        200, {"current": 500, "withdrawn": 0})
+    assert await pool.fetchval("SELECT current FROM gophermart.balances") == Decimal("500.00")
+
+
+async def test_fleet_honours_the_rate_limit_pause(start_system: SystemFactory,
+                                                  pool: asyncpg.Pool) -> None:
+    # 8 requests per 2-second window, two workers, 40 orders: several windows.
+    system = await start_system(sim_args=("--delay", "0", "--rate-limit", "8",
+                                          "--rate-window", "2"))
+    await system.sim_rule("Bork", "1", "pt")
+    numbers = [with_check_digit(str(50000 + i)) for i in range(40)]
+    for number in numbers:
+        await system.sim_order(number, [("Bork", "1")])
+    token = await system.register("limited")
+    for number in numbers:
+        assert await system.upload(token, number) == 202
+
+    async def all_processed() -> bool:
+        done: int = await pool.fetchval(
+            "SELECT count(*) FROM gophermart.orders WHERE status = 'PROCESSED'")
+        return done == len(numbers)
+
+    await system.wait_for(all_processed, within=60, what="every order PROCESSED")
+    stats = await system.sim_stats()
+    assert stats["requests_during_pause"] == 0, stats
+    assert stats["too_many_requests"] >= 1, stats  # the limit was actually hit
+    assert await system.get(token, "/api/user/balance") == (200, {"current": 40, "withdrawn": 0})
+
+
+async def test_processes_exit_cleanly_on_sigint_and_sigterm(start_system: SystemFactory) -> None:
+    system = await start_system()
+    await asyncio.sleep(0.5)
+    assert system.workers[0].stop(signal.SIGINT) == 0
+    assert system.workers[1].stop(signal.SIGTERM) == 0
+    assert system.api.stop(signal.SIGTERM) == 0
