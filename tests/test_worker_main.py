@@ -1,0 +1,66 @@
+"""The worker process's entry points: settings, start-up migrations, a clean stop."""
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from shared.localpg import LocalPostgres
+from shared.settings import WorkerSettings, load
+from tests.worker_support import FakeAccrual, add_order, eventually, json_reply, make_user
+from worker.__main__ import main, serve
+
+
+@pytest.mark.parametrize(("argv", "missing"), [
+    ([], "DATABASE_URI (-d) and ACCRUAL_SYSTEM_ADDRESS (-r) must be set"),
+    (["-d", "postgresql://x/y"], "ACCRUAL_SYSTEM_ADDRESS (-r) must be set"),
+    (["-r", "localhost:8081"], "DATABASE_URI (-d) must be set"),
+])
+def test_missing_settings_fail_with_a_clear_message(
+        monkeypatch: pytest.MonkeyPatch, argv: list[str], missing: str) -> None:
+    monkeypatch.delenv("DATABASE_URI", raising=False)
+    monkeypatch.delenv("ACCRUAL_SYSTEM_ADDRESS", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert str(exited.value) == f"gophermart-worker: {missing}"
+
+
+async def test_serve_migrates_an_empty_database_processes_orders_and_stops(
+        pg_server: LocalPostgres, aiohttp_server: object) -> None:
+    admin = await asyncpg.connect(pg_server.dsn)
+    await admin.execute("CREATE DATABASE worker_main_empty")
+    await admin.close()
+    dsn = pg_server.dsn_for("worker_main_empty")
+    fake = FakeAccrual(reply=lambda n: json_reply("PROCESSED", "7", n))
+    server = await aiohttp_server(fake.app())  # type: ignore[operator]
+    # The address without a scheme, as the spec allows.
+    settings = load(WorkerSettings, ["-d", dsn, "-r", f"127.0.0.1:{server.port}/"], environ={})
+    stopping = asyncio.Event()
+    running = asyncio.create_task(serve(settings, stopping))
+    try:
+        async def migrated() -> bool:
+            conn = await asyncpg.connect(dsn)
+            try:
+                return bool(await conn.fetchval(
+                    "SELECT to_regclass('gophermart.accrual_gate') IS NOT NULL"))
+            finally:
+                await conn.close()
+
+        await eventually(migrated, within=10)
+        pool = await asyncpg.create_pool(dsn, server_settings={"search_path": "gophermart"})
+        try:
+            await add_order(pool, await make_user(pool), "79927398713")
+
+            async def processed() -> bool:
+                return await pool.fetchval("SELECT status FROM orders") == "PROCESSED"
+
+            await eventually(processed, within=3)
+        finally:
+            await pool.close()
+    finally:
+        stopping.set()
+        stats = await asyncio.wait_for(running, 5)
+    assert stats.applied_processed == 1
+    admin = await asyncpg.connect(pg_server.dsn)
+    await admin.execute("DROP DATABASE worker_main_empty WITH (FORCE)")
+    await admin.close()

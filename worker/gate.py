@@ -1,0 +1,114 @@
+"""The fleet-wide accrual gate: a 429 pauses every replica, then all pace under N/min.
+
+The truth lives in PostgreSQL (``accrual_gate``); each process keeps an
+in-memory copy of the pause that every call checks before sending, refreshed
+by the pause notification, by every claim, and by its own 429s.
+Pacing reserves call slots from the shared ``next_slot`` a few at a time, so
+the whole fleet shares one schedule; without a known limit nothing is paced
+and no round trip is spent on it.
+"""
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Callable
+
+import structlog
+
+from db import queue
+from worker.stats import WorkerStats
+
+log = structlog.get_logger(__name__)
+
+# A reserved slot used this late would bunch calls together; let it go.
+_STALE_SLOT = 0.25
+# Reserve at most about this many seconds of slots per round trip.
+_RESERVE_HORIZON = 1.0
+
+
+class Gate:
+    def __init__(self, db: queue.Executor, stats: WorkerStats, *, share: float = 0.97,
+                 clock: Callable[[], float] | None = None) -> None:
+        self._db = db
+        self._stats = stats
+        self._share = share
+        self._clock = clock or asyncio.get_running_loop().time
+        self._paused_until = 0.0
+        self._rate: int | None = None
+        self._slots: deque[float] = deque()
+        self._lock = asyncio.Lock()
+        self._waiters = 0
+
+    def pause_left(self) -> float:
+        return max(self._paused_until - self._clock(), 0.0)
+
+    @property
+    def rate_per_minute(self) -> int | None:
+        return self._rate
+
+    def interval(self) -> float | None:
+        """Seconds between two calls fleet-wide, or None when nothing is paced."""
+        if self._rate is None:
+            return None
+        return 60.0 / (self._rate * self._share)
+
+    def note(self, state: queue.GateState) -> None:
+        """Learn the gate's state (from a claim, a notification or our own 429)."""
+        if state.pause_left > 0:
+            until = self._clock() + state.pause_left
+            if until > self._paused_until + 0.05:  # the same pause heard twice
+                self._paused_until = until
+                # Slots reserved before the pause may fall inside it.
+                self._slots.clear()
+                log.warning("accrual calls paused", seconds=round(state.pause_left, 3),
+                            rate_per_minute=state.rate_per_minute)
+        if state.rate_per_minute is not None and state.rate_per_minute != self._rate:
+            self._rate = state.rate_per_minute
+            self._slots.clear()
+            log.info("accrual calls paced", rate_per_minute=self._rate,
+                     interval=round(self.interval() or 0, 4))
+        self._stats.pause_seconds = self.pause_left()
+        self._stats.rate_per_minute = self._rate or 0
+
+    async def record_429(self, retry_after: float, rate: int | None) -> None:
+        """Pause the whole fleet; skip the write when a known pause already covers it."""
+        covered = self.pause_left() >= retry_after - 0.5 and (rate is None or rate == self._rate)
+        self.note(queue.GateState(retry_after, rate))  # stop our own calls at once
+        if covered:
+            return
+        self.note(await queue.record_pause(self._db, seconds=retry_after,
+                                           rate_per_minute=rate))
+
+    async def wait_slot(self, deadline: float) -> float:
+        """Wait for this process's next paced call slot.
+
+        Returns 0 once the call may go, or the seconds until the next slot
+        when that is later than ``deadline`` (the slot stays for a later call
+        and the caller puts its order back for then).
+        """
+        interval = self.interval()
+        if interval is None:
+            return 0.0
+        self._waiters += 1
+        try:
+            async with self._lock:
+                now = self._clock()
+                while self._slots and self._slots[0] < now - min(_STALE_SLOT, interval):
+                    self._slots.popleft()
+                if not self._slots:
+                    most = max(1, math.ceil(_RESERVE_HORIZON / interval))
+                    count = min(self._waiters, most)
+                    first_in = await queue.reserve_slots(self._db, count=count,
+                                                         interval=interval)
+                    base = self._clock() + first_in
+                    self._slots.extend(base + i * interval for i in range(count))
+                slot = self._slots[0]
+                if slot > deadline:
+                    return slot - now
+                self._slots.popleft()
+        finally:
+            self._waiters -= 1
+        delay = slot - self._clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return 0.0
