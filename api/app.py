@@ -8,11 +8,14 @@ from aiohttp_session import session_middleware
 
 from api import balance, orders, users
 from api.auth import create_storage
+from api.health import add_ops_routes
+from api.metrics import METRICS, ApiMetrics
 from api.middleware import errors_and_access_log
+from api.openapi import add_docs_routes
 from api.passwords import Passwords
 from api.state import PASSWORDS, POOL, SETTINGS, THROTTLE
 from api.throttle import LoginThrottle
-from db.migrate import migrate
+from db.migrate import migrate_when_ready
 from shared.pg import create_pool
 from shared.settings import ApiSettings
 
@@ -22,7 +25,7 @@ log = structlog.get_logger(__name__)
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     assert settings.database_uri is not None
-    await migrate(settings.database_uri)
+    await migrate_when_ready(settings.database_uri)
     app[POOL] = await create_pool(settings.database_uri, min_size=settings.db_pool_min,
                                   max_size=settings.db_pool_max,
                                   connect_timeout=settings.db_timeout)
@@ -47,6 +50,8 @@ def add_routes(app: web.Application) -> None:
     # The older path some clients still call.
     app.router.add_get("/api/user/balance/withdrawals", balance.list_withdrawals,
                        allow_head=False)
+    add_docs_routes(app)
+    add_ops_routes(app)
 
 
 def create_app(settings: ApiSettings) -> web.Application:
@@ -54,11 +59,14 @@ def create_app(settings: ApiSettings) -> web.Application:
         raise SystemExit("DATABASE_URI (-d) is required")
     storage = create_storage(settings.session_secret, settings.session_ttl,
                              settings.cookie_secure)
+    # A registry per app: tests create many apps in one process.
+    metrics = ApiMetrics()
     app = web.Application(
-        middlewares=[errors_and_access_log, session_middleware(storage)],
+        middlewares=[metrics.middleware(), errors_and_access_log, session_middleware(storage)],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app[THROTTLE] = LoginThrottle(settings.login_max_failures, settings.login_window)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_passwords)

@@ -7,6 +7,8 @@ left to do. Each file runs in its own transaction together with its row in
 ``schema_migrations``, so a failed file leaves no half-applied schema.
 """
 
+import asyncio
+import contextlib
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -85,3 +87,26 @@ async def migrate(dsn: str) -> list[str]:
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     finally:
         await conn.close()
+
+
+async def migrate_when_ready(dsn: str, stopping: asyncio.Event | None = None,
+                             patience: float = 30.0) -> bool:
+    """Migrate, waiting up to ``patience`` seconds for a database still starting.
+
+    Returns False when ``stopping`` is set first (a stop during start-up).
+    """
+    stopping = stopping or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + patience
+    while True:
+        try:
+            await migrate(dsn)
+            return True
+        except (OSError, asyncpg.CannotConnectNowError) as exc:
+            if loop.time() > give_up:
+                raise
+            log.warning("database not reachable yet", error=repr(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 1.0)
+        if stopping.is_set():
+            return False

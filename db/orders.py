@@ -55,3 +55,9 @@ async def list_for_user(pool: asyncpg.Pool, user_id: int) -> list[dict[str, Any]
         item["uploaded_at"] = row["uploaded_at"]
         result.append(item)
     return result
+
+
+async def count_by_status(pool: asyncpg.Pool) -> dict[str, int]:
+    """How many orders are in each status (for metrics; a full scan)."""
+    rows = await pool.fetch("SELECT status, count(*) AS n FROM orders GROUP BY status")
+    return {row["status"]: row["n"] for row in rows}

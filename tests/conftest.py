@@ -111,7 +111,7 @@ def api_settings(database_uri: str) -> ApiSettings:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, api_settings: ApiSettings) -> TestClient:
+async def client(api_settings: ApiSettings, aiohttp_client: Any) -> TestClient:
     app = create_app(api_settings)
     return cast(TestClient, await aiohttp_client(app))
 

@@ -118,7 +118,7 @@ async def test_5xx_is_retried_until_an_answer_comes(
     answer = await client.ask("79927398713", deadline=1e18, log=LOG)
     assert answer == Status("PROCESSED", Decimal("12.50"))
     assert fake.asked("79927398713") == 3
-    assert (stats.calls_5xx, stats.calls_200) == (2, 1)
+    assert (stats.calls("5xx"), stats.calls("200")) == (2, 1)
 
 
 async def test_retries_are_bounded_and_end_in_a_transient_failure(
@@ -138,7 +138,7 @@ async def test_network_errors_are_retried_then_reported(
     client = client_for(pool, session, f"http://127.0.0.1:{unused_tcp_port}", stats, retries=2)
     answer = await client.ask("1", deadline=1e18, log=LOG)
     assert isinstance(answer, Failed)
-    assert stats.calls_error == 2
+    assert stats.calls("error") == 2
 
 
 async def test_204_means_not_known_yet(
@@ -166,7 +166,7 @@ async def test_429_pauses_the_fleet_and_no_call_goes_out_during_the_pause(
     again = await client.ask("2", deadline=1e18, log=LOG)
     assert isinstance(again, Deferred) and 29 < again.delay <= 30
     assert len(fake.requests) == 1
-    assert stats.calls_429 == 1 and stats.rate_per_minute == 100
+    assert stats.calls("429") == 1 and stats.rate_per_minute == 100
 
 
 async def test_429_with_an_http_date_pauses_until_that_date(
@@ -212,4 +212,4 @@ async def test_a_timeout_is_a_transient_error(
     finally:
         await session.close()
     assert isinstance(answer, Failed)
-    assert stats.calls_error == 2
+    assert stats.calls("error") == 2

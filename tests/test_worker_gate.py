@@ -52,7 +52,7 @@ async def test_a_pause_recorded_by_one_worker_stops_the_other(
     # A 429 is no failure: the order's attempt was given back.
     assert await pool.fetchval("SELECT attempts FROM orders WHERE number = $1",
                                NUMBERS[0]) == 1
-    assert a.stats.calls_429 + b.stats.calls_429 == 1
+    assert a.stats.calls("429") + b.stats.calls("429") == 1
 
 
 async def test_after_a_429_the_fleet_paces_itself_under_the_announced_rate(

@@ -2,6 +2,7 @@
 
 import asyncio
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -60,7 +61,43 @@ async def test_serve_migrates_an_empty_database_processes_orders_and_stops(
     finally:
         stopping.set()
         stats = await asyncio.wait_for(running, 5)
-    assert stats.applied_processed == 1
+    assert stats.applied_count("PROCESSED") == 1
     admin = await asyncpg.connect(pg_server.dsn)
     await admin.execute("DROP DATABASE worker_main_empty WITH (FORCE)")
     await admin.close()
+
+
+async def test_worker_serves_health_readiness_and_metrics_when_asked(
+        database_uri: str, aiohttp_server: object, unused_tcp_port: int) -> None:
+    fake = FakeAccrual(reply=lambda n: json_reply("PROCESSED", "7", n))
+    server = await aiohttp_server(fake.app())  # type: ignore[operator]
+    settings = load(WorkerSettings, [], environ={
+        "DATABASE_URI": database_uri, "ACCRUAL_SYSTEM_ADDRESS": str(server.make_url("")),
+        "WORKER_HEALTH_ADDRESS": f"127.0.0.1:{unused_tcp_port}"})
+    stopping = asyncio.Event()
+    running = asyncio.create_task(serve(settings, stopping))
+    base = f"http://127.0.0.1:{unused_tcp_port}"
+    try:
+        pool = await asyncpg.create_pool(database_uri,
+                                         server_settings={"search_path": "gophermart"})
+        try:
+            await add_order(pool, await make_user(pool), "79927398713")
+
+            async def processed() -> bool:
+                return await pool.fetchval("SELECT status FROM orders") == "PROCESSED"
+
+            await eventually(processed, within=5)
+        finally:
+            await pool.close()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/healthz") as response:
+                assert response.status == 200
+            async with http.get(f"{base}/readyz") as response:
+                assert (response.status, await response.json()) == (200, {"status": "ready"})
+            async with http.get(f"{base}/metrics") as response:
+                text = await response.text()
+        assert 'gophermart_accrual_requests_total{outcome="200"} 1.0' in text
+        assert 'gophermart_worker_orders_applied_total{status="PROCESSED"} 1.0' in text
+    finally:
+        stopping.set()
+        await asyncio.wait_for(running, 5)

@@ -1,7 +1,6 @@
 """``gophermart-worker``: the accrual worker process (run as many replicas as you like)."""
 
 import asyncio
-import contextlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -9,10 +8,12 @@ from collections.abc import Sequence
 import aiohttp
 import asyncpg
 import structlog
+from aiohttp import web
 
 from db import queue
-from db.migrate import migrate
+from db.migrate import migrate_when_ready, pending
 from shared.logs import configure
+from shared.ops import database_ready, ops_app, start_ops_server
 from shared.pg import create_pool
 from shared.settings import WorkerSettings, load, with_scheme
 from worker.accrual_client import AccrualClient, create_session
@@ -23,9 +24,6 @@ from worker.schedule import Backoff
 from worker.stats import WorkerStats
 
 log = structlog.get_logger("worker")
-
-_STARTUP_PATIENCE = 30.0  # seconds to wait for the database at start
-
 
 def loop_config(settings: WorkerSettings) -> LoopConfig:
     return LoopConfig(
@@ -38,24 +36,6 @@ def loop_config(settings: WorkerSettings) -> LoopConfig:
     )
 
 
-async def _migrate(dsn: str, stopping: asyncio.Event) -> bool:
-    """Apply migrations, waiting a while for a database that is still starting."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + _STARTUP_PATIENCE
-    while True:
-        try:
-            await migrate(dsn)
-            return True
-        except (OSError, asyncpg.CannotConnectNowError) as exc:
-            if loop.time() > give_up:
-                raise
-            log.warning("database not reachable yet", error=repr(exc))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 1.0)
-        if stopping.is_set():
-            return False
-
-
 async def serve(settings: WorkerSettings, stopping: asyncio.Event | None = None) -> WorkerStats:
     """Run until SIGINT/SIGTERM (or ``stopping`` is set); return the counters."""
     assert settings.database_uri and settings.accrual_system_address
@@ -65,16 +45,19 @@ async def serve(settings: WorkerSettings, stopping: asyncio.Event | None = None)
         loop.add_signal_handler(sig, stopping.set)
     stats = WorkerStats()
     try:
-        if not await _migrate(settings.database_uri, stopping):
+        if not await migrate_when_ready(settings.database_uri, stopping):
             return stats
         pool = await create_pool(settings.database_uri, min_size=settings.db_pool_min,
                                  max_size=settings.db_pool_max,
                                  connect_timeout=settings.db_timeout)
         session = create_session(concurrency=settings.worker_concurrency,
                                  timeout=settings.accrual_timeout)
+        ops = await _start_ops(settings, pool, stats)
         try:
             await _run(settings, pool, session, stats, stopping)
         finally:
+            if ops is not None:
+                await ops.cleanup()
             await session.close()
             try:
                 await asyncio.wait_for(pool.close(), 2.0)
@@ -84,6 +67,17 @@ async def serve(settings: WorkerSettings, stopping: asyncio.Event | None = None)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return stats
+
+
+async def _start_ops(settings: WorkerSettings, pool: asyncpg.Pool,
+                     stats: WorkerStats) -> web.AppRunner | None:
+    """/healthz, /readyz and /metrics on WORKER_HEALTH_ADDRESS, when it is set."""
+    if not settings.health_address:
+        return None
+    app = ops_app(ready=lambda: database_ready(pool, pending), registry=stats.registry)
+    runner = await start_ops_server(app, settings.health_address)
+    log.info("ops endpoints listening", address=settings.health_address)
+    return runner
 
 
 async def _run(settings: WorkerSettings, pool: queue.Executor,
@@ -116,7 +110,7 @@ async def _run(settings: WorkerSettings, pool: queue.Executor,
             await asyncio.wait_for(listening, 2.0)
         except TimeoutError:
             log.warning("listener did not stop in time")
-    log.info("worker stopped", stats=stats)
+    log.info("worker stopped", **stats.summary())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ times); a 429 pauses the whole fleet through the gate.
 import email.utils
 import math
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -195,31 +196,30 @@ class AccrualClient:
     async def _get_once(self, number: str,
                         log: structlog.typing.FilteringBoundLogger) -> Answer:
         stats = self._stats
+        started = time.perf_counter()
         try:
             async with self._session.get(f"{self._base}/api/orders/{number}") as resp:
                 body = await resp.read()
                 code = resp.status
                 retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            stats.calls_error += 1
+            stats.accrual_call(None, time.perf_counter() - started)
             log.debug("accrual call", outcome="error", error=repr(exc))
             raise _Transient(f"network: {exc!r}") from exc
+        stats.accrual_call(code, time.perf_counter() - started)
         if code == 200:
-            stats.calls_200 += 1
             try:
                 answer = parse_order_answer(body)
             except MalformedAnswer as exc:
-                stats.malformed_answers += 1
+                stats.malformed_answer()
                 log.warning("malformed accrual answer", error=str(exc), body=body[:200])
                 return Failed(f"malformed answer: {exc}")
             log.debug("accrual call", outcome=200, status=answer.status, accrual=answer.accrual)
             return answer
         if code == 204:
-            stats.calls_204 += 1
             log.debug("accrual call", outcome=204)
             return NotKnown()
         if code == 429:
-            stats.calls_429 += 1
             seconds = parse_retry_after(retry_after)
             rate = parse_rate(body.decode("utf-8", "replace"))
             log.warning("accrual rate limited", retry_after=seconds, rate_per_minute=rate)
@@ -230,9 +230,7 @@ class AccrualClient:
                 log.error("cannot record the accrual pause", error=repr(exc))
             return RateLimited(seconds, rate)
         if code >= 500:
-            stats.calls_5xx += 1
             log.debug("accrual call", outcome=code)
             raise _Transient(f"status {code}")
-        stats.calls_error += 1
         log.warning("unexpected accrual answer", outcome=code, body=body[:200])
         return Failed(f"status {code}")

@@ -67,8 +67,7 @@ class Gate:
             self._slots.clear()
             log.info("accrual calls paced", rate_per_minute=self._rate,
                      interval=round(self.interval() or 0, 4))
-        self._stats.pause_seconds = self.pause_left()
-        self._stats.rate_per_minute = self._rate or 0
+        self._stats.gate(self.pause_left(), self._rate)
 
     async def record_429(self, retry_after: float, rate: int | None) -> None:
         """Pause the whole fleet; skip the write when a known pause already covers it."""

@@ -120,8 +120,7 @@ class Worker:
             failures = 0
             claimed_at = self._loop.time()
             self._gate.note(result.gate)
-            self._stats.claims += 1
-            self._stats.claimed_orders += len(result.orders)
+            self._stats.claimed(len(result.orders))
             for order in result.orders:
                 self._in_flight += 1
                 task = asyncio.create_task(self._handle(order, claimed_at))
@@ -162,7 +161,7 @@ class Worker:
 
     def _release(self, order: queue.ClaimedOrder, delay: float = 0.0) -> queue.Result:
         """Put an order back without counting the attempt."""
-        self._stats.rescheduled += 1
+        self._stats.rescheduled()
         return queue.Result(order.id, order.attempts, None, None, delay, refund_attempt=True)
 
     def _to_result(self, order: queue.ClaimedOrder, answer: Answer) -> queue.Result:
@@ -180,7 +179,7 @@ class Worker:
             case Deferred(delay=delay):
                 return self._release(order, delay)
             case Failed():
-                self._stats.rescheduled += 1
+                self._stats.rescheduled()
                 return queue.Result(order.id, order.attempts, None, None, again)
         raise AssertionError(f"unhandled answer {answer!r}")
 
@@ -245,7 +244,7 @@ class Worker:
         orders = {order.id: (order, result) for order, result in batch}
         for row in applied:
             order, result = orders[row.id]
-            self._stats.count_applied(row.status)
+            self._stats.applied(row.status)
             if row.status != order.status:
                 log.info("order status changed", order=row.number, attempt=order.attempts,
                          old=order.status, new=row.status, accrual=row.accrual)

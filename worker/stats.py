@@ -1,35 +1,113 @@
-"""In-process counters, cheap to bump; a metrics exporter can read them later."""
+"""The worker's counters, kept in a Prometheus registry of the worker's own.
 
-from dataclasses import dataclass
+One source of truth: the same objects feed ``/metrics`` on the worker's ops
+port, the tests, and the summary logged at stop. Label children are bound
+once, so recording is a dict lookup and a locked add.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.metrics import LATENCY_BUCKETS, ORDER_STATUSES, new_registry
+
+# Outcomes of one accrual HTTP attempt (retries count one each).
+ACCRUAL_OUTCOMES = ("200", "204", "429", "5xx", "error")
 
 
-@dataclass(slots=True)
+def accrual_outcome(status: int | None) -> str:
+    """The ``outcome`` label of an answer; None is a transport error."""
+    if status in (200, 204, 429):
+        return str(status)
+    if status is not None and 500 <= status <= 599:
+        return "5xx"
+    return "error"  # no answer, or one the contract does not know
+
+
 class WorkerStats:
-    # Accrual calls by outcome (one per HTTP attempt, retries included).
-    calls_200: int = 0
-    calls_204: int = 0
-    calls_429: int = 0
-    calls_5xx: int = 0
-    calls_error: int = 0  # network errors, timeouts, unexpected statuses
-    malformed_answers: int = 0
-    # Orders written back, by the status they now have.
-    applied_new: int = 0
-    applied_processing: int = 0
-    applied_invalid: int = 0
-    applied_processed: int = 0
-    rescheduled: int = 0  # failed or paused calls put back for later
-    claims: int = 0
-    claimed_orders: int = 0
-    # The fleet-wide pause as this process knows it (seconds left at last update).
-    pause_seconds: float = 0.0
-    rate_per_minute: int = 0  # 0: no limit known
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else new_registry()
+        calls = Counter(
+            "gophermart_accrual_requests", "Accrual system HTTP attempts by outcome "
+            "(200, 204, 429, 5xx, error = transport failure or unexpected status).",
+            ("outcome",), registry=self.registry)
+        latency = Histogram(
+            "gophermart_accrual_request_duration_seconds",
+            "Accrual system HTTP attempt latency by outcome.",
+            ("outcome",), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._calls = {o: (calls.labels(o), latency.labels(o)) for o in ACCRUAL_OUTCOMES}
+        self._malformed = Counter(
+            "gophermart_accrual_malformed_answers", "200 answers the worker could not read.",
+            registry=self.registry)
+        self._pause = Gauge(
+            "gophermart_accrual_pause_seconds",
+            "Seconds left of the fleet-wide pause after a 429, as this replica knows it.",
+            registry=self.registry)
+        self._rate = Gauge(
+            "gophermart_accrual_rate_limit_per_minute",
+            "Accrual requests per minute the last 429 announced (0 = no limit known).",
+            registry=self.registry)
+        self._claim_batch = Histogram(
+            "gophermart_worker_claim_batch_size", "Orders claimed per claim query.",
+            buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        applied = Counter(
+            "gophermart_worker_orders_applied",
+            "Accrual answers written back to orders, by the order's new status.",
+            ("status",), registry=self.registry)
+        self._applied = {s: applied.labels(s) for s in ORDER_STATUSES}
+        self._rescheduled = Counter(
+            "gophermart_worker_orders_rescheduled",
+            "Orders put back for later after a failed or paused accrual call.",
+            registry=self.registry)
 
-    def count_applied(self, status: str) -> None:
-        if status == "PROCESSED":
-            self.applied_processed += 1
-        elif status == "INVALID":
-            self.applied_invalid += 1
-        elif status == "PROCESSING":
-            self.applied_processing += 1
-        else:
-            self.applied_new += 1
+    # -- recording ------------------------------------------------------------
+
+    def accrual_call(self, status: int | None, seconds: float) -> None:
+        """One accrual attempt: its HTTP status (None on transport error) and duration."""
+        count, latency = self._calls[accrual_outcome(status)]
+        count.inc()
+        latency.observe(seconds)
+
+    def malformed_answer(self) -> None:
+        self._malformed.inc()
+
+    def claimed(self, orders: int) -> None:
+        self._claim_batch.observe(orders)
+
+    def applied(self, status: str) -> None:
+        child = self._applied.get(status)
+        if child is not None:
+            child.inc()
+
+    def rescheduled(self) -> None:
+        self._rescheduled.inc()
+
+    def gate(self, pause_seconds: float, rate_per_minute: int | None) -> None:
+        self._pause.set(pause_seconds)
+        self._rate.set(rate_per_minute or 0)
+
+    # -- reading (tests and the summary at stop) ------------------------------
+
+    def _read(self, name: str, **labels: str) -> int:
+        return int(self.registry.get_sample_value(name, labels) or 0)
+
+    def calls(self, outcome: str) -> int:
+        return self._read("gophermart_accrual_requests_total", outcome=outcome)
+
+    def applied_count(self, status: str) -> int:
+        return self._read("gophermart_worker_orders_applied_total", status=status)
+
+    @property
+    def malformed_answers(self) -> int:
+        return self._read("gophermart_accrual_malformed_answers_total")
+
+    @property
+    def rate_per_minute(self) -> int:
+        return self._read("gophermart_accrual_rate_limit_per_minute")
+
+    def summary(self) -> dict[str, int]:
+        return {
+            **{f"calls_{o}": self.calls(o) for o in ACCRUAL_OUTCOMES},
+            **{f"applied_{s.lower()}": self.applied_count(s) for s in ORDER_STATUSES},
+            "rescheduled": self._read("gophermart_worker_orders_rescheduled_total"),
+            "claims": self._read("gophermart_worker_claim_batch_size_count"),
+            "claimed_orders": self._read("gophermart_worker_claim_batch_size_sum"),
+        }

@@ -1,0 +1,22 @@
+"""The API's /healthz, /readyz and /metrics (shared.ops), bound to its state."""
+
+from collections.abc import Iterable
+
+from aiohttp import web
+from prometheus_client.metrics_core import Metric
+
+from api.metrics import METRICS, orders_by_status
+from api.state import POOL
+from db.migrate import pending
+from shared import ops
+
+
+def add_ops_routes(app: web.Application) -> None:
+    # The pool is looked up per request: it exists only once the app has started.
+    async def ready() -> str | None:
+        return await ops.database_ready(app[POOL], pending)
+
+    async def scrape() -> Iterable[Metric]:
+        return await orders_by_status(app[POOL])
+
+    app.add_routes(ops.ops_routes(ready=ready, registry=app[METRICS].registry, scrape=scrape))

@@ -1,0 +1,133 @@
+"""Operations endpoints both processes serve: /healthz, /readyz and /metrics.
+
+The API mounts these routes on its own application; the worker serves them
+on a tiny application of their own (``ops_app`` + ``start_ops_server``):
+
+    app = ops_app(ready=lambda: database_ready(pool, migrate.pending),
+                  registry=metrics.registry)
+    runner = await start_ops_server(app, settings.health_address)
+    ...
+    await runner.cleanup()
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Protocol, cast
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from shared.jsonio import dumps
+from shared.settings import split_host_port
+
+HEALTHZ = "/healthz"
+READYZ = "/readyz"
+METRICS = "/metrics"
+
+# Probes must answer well inside an orchestrator's probe timeout.
+READY_TIMEOUT = 2.0
+
+# None when ready, otherwise the reason why not.
+ReadyCheck = Callable[[], Awaitable[str | None]]
+# Metric families computed at scrape time (e.g. counted in the database).
+ScrapeHook = Callable[[], Awaitable[Iterable[Metric]]]
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+PendingMigrations = Callable[[asyncpg.Connection], Awaitable[Sequence[_Named]]]
+
+# What a database that is down, restarting or unreachable raises.
+_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+async def database_ready(pool: asyncpg.Pool, pending: PendingMigrations) -> str | None:
+    """Ready when PostgreSQL answers and the schema is fully migrated.
+
+    ``pending`` is ``db.migrate.pending``, passed in because ``shared`` imports
+    nothing of ``db``.
+    """
+    try:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+            # The pool's proxy forwards every Connection method.
+            missing = await pending(cast(asyncpg.Connection, conn))
+    except _DATABASE_ERRORS as exc:
+        return f"database unavailable: {type(exc).__name__}: {exc}"
+    if missing:
+        return "pending migrations: " + ", ".join(m.name for m in missing)
+    return None
+
+
+def _json(payload: object, status: int) -> web.Response:
+    return web.Response(body=dumps(payload), status=status, content_type="application/json")
+
+
+class _Scrape(Collector):
+    """One scrape: the registry's metrics plus families fetched just before."""
+
+    def __init__(self, registry: CollectorRegistry, extra: Iterable[Metric]) -> None:
+        self._registry = registry
+        self._extra = extra
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._registry.collect()
+        yield from self._extra
+
+
+def ops_routes(*, ready: ReadyCheck, registry: CollectorRegistry,
+               scrape: ScrapeHook | None = None,
+               ready_timeout: float = READY_TIMEOUT) -> list[web.RouteDef]:
+    """The three routes, bound to a readiness check and a metrics registry."""
+
+    async def healthz(_: web.Request) -> web.StreamResponse:
+        # Liveness: answering at all is the signal; no dependency is checked,
+        # so a database outage never gets the process restarted.
+        return _json({"status": "ok"}, 200)
+
+    async def readyz(_: web.Request) -> web.StreamResponse:
+        try:
+            async with asyncio.timeout(ready_timeout):
+                reason = await ready()
+        except TimeoutError:
+            reason = f"readiness check timed out after {ready_timeout:g} s"
+        except Exception as exc:  # a probe reports failures, it does not raise them
+            reason = f"readiness check failed: {type(exc).__name__}: {exc}"
+        if reason is None:
+            return _json({"status": "ready"}, 200)
+        return _json({"status": "unavailable", "error": reason}, 503)
+
+    async def metrics(_: web.Request) -> web.StreamResponse:
+        extra = await scrape() if scrape is not None else ()
+        response = web.Response(body=generate_latest(_Scrape(registry, extra)), status=200)
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    return [
+        web.get(HEALTHZ, healthz, allow_head=False),
+        web.get(READYZ, readyz, allow_head=False),
+        web.get(METRICS, metrics, allow_head=False),
+    ]
+
+
+def ops_app(*, ready: ReadyCheck, registry: CollectorRegistry,
+            scrape: ScrapeHook | None = None) -> web.Application:
+    """A stand-alone application serving only the ops routes (for the worker)."""
+    app = web.Application()
+    app.add_routes(ops_routes(ready=ready, registry=registry, scrape=scrape))
+    return app
+
+
+async def start_ops_server(app: web.Application, address: str) -> web.AppRunner:
+    """Serve ``app`` on ``host:port``; call ``runner.cleanup()`` to stop."""
+    host, port = split_host_port(address, default_port=9100)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,75 @@
+"""JSON logs for operations: one object per line with stable keys."""
+
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import structlog
+
+from shared.logs import configure
+
+
+@pytest.fixture
+def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
+    """Restores the logging set-up a test changes with ``configure``."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield capsys
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def configure_json() -> None:
+    # Inside the test: the handler binds the sys.stderr capsys captures then.
+    configure("info", "json")
+
+
+def lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    return [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+
+
+def test_a_structlog_event_is_one_json_line_with_stable_keys(
+        json_logs: pytest.CaptureFixture[str]) -> None:
+    configure_json()
+    structlog.contextvars.bind_contextvars(request_id="r-1")
+    structlog.get_logger("api.orders").info("order uploaded", order="12345678903",
+                                            password="hunter2")
+    [entry] = lines(json_logs)
+    assert entry["event"] == "order uploaded"
+    assert entry["level"] == "info"
+    assert entry["logger"] == "api.orders"
+    assert entry["request_id"] == "r-1"
+    assert entry["order"] == "12345678903"
+    assert entry["password"] == "[redacted]"
+    timestamp = datetime.fromisoformat(str(entry["timestamp"]))
+    assert timestamp.utcoffset() == UTC.utcoffset(None)
+
+
+def test_standard_library_records_get_the_same_keys(
+        json_logs: pytest.CaptureFixture[str]) -> None:
+    configure_json()
+    structlog.contextvars.bind_contextvars(request_id="r-2")
+    logging.getLogger("asyncpg.pool").warning("connection lost")
+    logging.getLogger("noisy").debug("below the level")
+    [entry] = lines(json_logs)
+    assert {"timestamp", "level", "event", "logger", "request_id"} <= entry.keys()
+    assert (entry["level"], entry["logger"], entry["event"]) == \
+        ("warning", "asyncpg.pool", "connection lost")
+
+
+def test_exceptions_are_rendered_inside_the_json_line(
+        json_logs: pytest.CaptureFixture[str]) -> None:
+    configure_json()
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        structlog.get_logger("api").exception("unhandled error")
+    [entry] = lines(json_logs)
+    assert entry["level"] == "error"
+    assert "ValueError: bad" in str(entry["exception"])
