@@ -1,0 +1,226 @@
+"""Dockerfile and docker-compose.yml agree with the code (no Docker engine needed).
+
+Every command is a console script, every variable a real setting, every port
+the one the service listens on: the mistakes a compose file otherwise only
+shows at ``docker compose up``.
+"""
+
+import dataclasses
+import importlib.util
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from accrual_sim.settings import SimSettings
+from shared.settings import ApiSettings, WorkerSettings, split_host_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+    "scripts"]
+SETTINGS_OF = {"gophermart-api": ApiSettings, "gophermart-worker": WorkerSettings,
+               "accrual-sim": SimSettings}
+# Compose's own interpolation: ${VAR}, ${VAR:-default}, ${VAR:?message}.
+_INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?[-?][^}]*)?\}")
+
+
+def env_names(cls: type) -> set[str]:
+    return {f.metadata["env"] for f in dataclasses.fields(cls) if "env" in f.metadata}
+
+
+def flag_names(cls: type) -> set[str]:
+    flags: set[str] = set()
+    for field in dataclasses.fields(cls):
+        if "env" in field.metadata:
+            flags.update(field.metadata["flags"] or (f"--{field.name.replace('_', '-')}",))
+    return flags
+
+
+def expand(text: str) -> str:
+    """The value with every ``${VAR…}`` replaced by its default (or a placeholder)."""
+    def default(match: re.Match[str]) -> str:
+        rest = match.group(0)[len(match.group(1)) + 2:-1]
+        return rest[2:] if rest.startswith(":-") else "set-by-operator"
+    return _INTERPOLATION.sub(default, text)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
+
+
+def app_services(services: dict[str, dict[str, Any]]) -> dict[str, tuple[str, list[str]]]:
+    """service -> (console script, its arguments) for the services running our image."""
+    return {name: (spec["command"][0], spec["command"][1:])
+            for name, spec in services.items() if "command" in spec}
+
+
+def environment(spec: dict[str, Any]) -> dict[str, str]:
+    env = spec.get("environment", {})
+    assert isinstance(env, dict), "use the mapping form of environment"
+    return {key: expand(str(value)) for key, value in env.items()}
+
+
+def test_the_expected_services_run_the_expected_programs(
+        services: dict[str, dict[str, Any]]) -> None:
+    assert {name: script for name, (script, _) in app_services(services).items()} == {
+        "api": "gophermart-api", "worker": "gophermart-worker", "accrual": "accrual-sim"}
+    assert services["postgres"]["image"] == "postgres:15"
+    assert app_services(services)["accrual"][1] == ["--seed-demo"]
+
+
+def test_commands_are_console_scripts_whose_modules_exist(
+        services: dict[str, dict[str, Any]]) -> None:
+    for name, (script, args) in app_services(services).items():
+        assert script in SCRIPTS, f"{name}: {script} is not in [project.scripts]"
+        module, _, function = SCRIPTS[script].partition(":")
+        assert importlib.util.find_spec(module) is not None, f"{name}: no module {module}"
+        flags = flag_names(SETTINGS_OF[script])
+        for arg in args:
+            if arg.startswith("-"):
+                assert arg.split("=")[0] in flags, f"{name}: {arg} is not a flag of {script}"
+        assert function == "main"
+
+
+def test_every_variable_set_is_a_real_setting(services: dict[str, dict[str, Any]]) -> None:
+    for name, (script, _) in app_services(services).items():
+        unknown = set(environment(services[name])) - env_names(SETTINGS_OF[script])
+        assert unknown == set(), f"{name} sets variables no setting reads: {unknown}"
+    postgres_env = set(environment(services["postgres"]))
+    assert postgres_env and all(key.startswith("POSTGRES_") for key in postgres_env)
+
+
+def test_listen_addresses_are_public_and_match_the_published_ports(
+        services: dict[str, dict[str, Any]]) -> None:
+    for name in ("api", "accrual"):
+        host, port = split_host_port(environment(services[name])["RUN_ADDRESS"])
+        assert host == "0.0.0.0", f"{name} must listen on every interface in a container"
+        published = [str(p).rsplit(":", 1)[-1] for p in services[name].get("ports", [])]
+        assert published == [str(port)], f"{name}: ports {published} vs RUN_ADDRESS {port}"
+    assert environment(services["api"])["RUN_ADDRESS"].endswith(":8080")
+
+
+def test_addresses_between_services_point_at_real_services(
+        services: dict[str, dict[str, Any]]) -> None:
+    accrual_port = split_host_port(environment(services["accrual"])["RUN_ADDRESS"])[1]
+    postgres = environment(services["postgres"])
+    for name in ("api", "worker"):
+        env = environment(services[name])
+        accrual = urlsplit(env["ACCRUAL_SYSTEM_ADDRESS"])
+        assert (accrual.hostname, accrual.port) == ("accrual", accrual_port)
+        database = urlsplit(env["DATABASE_URI"])
+        assert database.hostname in services
+        assert (database.username, database.password, database.path) == (
+            postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"],
+            "/" + postgres["POSTGRES_DB"])
+
+
+def test_the_api_requires_a_session_secret_from_the_environment(
+        services: dict[str, dict[str, Any]]) -> None:
+    # ${VAR:?message}: compose refuses to start without it, so tokens never
+    # silently become per-process random ones.
+    assert re.fullmatch(r"\$\{SESSION_SECRET:\?.+\}",
+                        services["api"]["environment"]["SESSION_SECRET"])
+
+
+def test_start_order_waits_for_healthy_dependencies(
+        services: dict[str, dict[str, Any]]) -> None:
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    for name in ("api", "worker"):
+        assert "postgres" in services[name]["depends_on"]
+    for name, spec in services.items():
+        depends = spec.get("depends_on", {})
+        assert isinstance(depends, dict), f"{name}: depends_on needs conditions"
+        for target, condition in depends.items():
+            assert condition == {"condition": "service_healthy"}, (name, target)
+            assert "healthcheck" in services[target], f"{target} has no healthcheck"
+
+
+def test_workers_scale_out(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    assert worker["deploy"]["replicas"] >= 2
+    assert "container_name" not in worker
+    assert "ports" not in worker  # a host port would clash between replicas
+    host, port = split_host_port(environment(worker)["WORKER_HEALTH_ADDRESS"])
+    assert host == "0.0.0.0" and [str(p) for p in worker["expose"]] == [str(port)]
+
+
+def test_the_database_keeps_its_data_in_a_named_volume(compose: dict[str, Any]) -> None:
+    [volume] = compose["services"]["postgres"]["volumes"]
+    name, _, target = volume.partition(":")
+    assert name in compose["volumes"]
+    assert target == "/var/lib/postgresql/data"
+
+
+# --- Dockerfile --------------------------------------------------------------
+
+def dockerfile_stages() -> list[tuple[str, list[tuple[str, str]]]]:
+    """[(base image, [(instruction, arguments)])] with ``\\`` continuations joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    args: dict[str, str] = {}
+    stages: list[tuple[str, list[tuple[str, str]]]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "ARG" and not stages:
+            key, _, value = rest.partition("=")
+            args[key] = value
+        elif instruction == "FROM":
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest.split()[0])
+            stages.append((image, []))
+        else:
+            stages[-1][1].append((instruction, rest.strip()))
+    return stages
+
+
+def test_image_is_multi_stage_on_python_3_11_slim() -> None:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2
+    assert all(image == "python:3.11-slim" for image, _ in stages)
+    final = stages[-1][1]
+    copies = [rest for instruction, rest in final if instruction == "COPY"]
+    assert copies == ["--from=builder /opt/venv /opt/venv"], "the final stage gets the venv only"
+
+
+def test_final_stage_runs_unprivileged_without_build_tools() -> None:
+    final = dockerfile_stages()[-1][1]
+    users = [rest for instruction, rest in final if instruction == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    body = " ".join(rest for _, rest in final)
+    for tool in ("gcc", "build-essential", "apt-get install", "make "):
+        assert tool not in body
+
+
+def test_default_command_is_the_api_and_its_port_is_exposed() -> None:
+    final = dockerfile_stages()[-1][1]
+    [cmd] = [rest for instruction, rest in final if instruction == "CMD"]
+    assert cmd == '["gophermart-api"]'  # exec form: the app is PID 1 and gets SIGTERM
+    assert ("EXPOSE", "8080") in final
+    entry = [rest for instruction, rest in final if instruction == "ENTRYPOINT"]
+    assert entry == []  # compose's `command` then names the console script to run
+
+
+def test_the_image_contains_every_package_the_console_scripts_need() -> None:
+    builder = dockerfile_stages()[0][1]
+    copied = {rest.split()[0] for instruction, rest in builder if instruction == "COPY"}
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]
+    assert set(packages) <= copied
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert not set(packages) & set(ignored)
+    assert ".venv" in ignored and ".git" in ignored
