@@ -14,10 +14,11 @@ from shared.money import parse_amount
 MAX_LOGIN = 256
 MAX_PASSWORD = 1024
 _ORDER_KEYS = ("order_number", "number", "order")
-# Content types an order upload may come with: plain text, JSON, and curl's
-# default for ``-d`` (the brief's examples send JSON that way), or none.
+# Content types an order upload may come with: plain text, JSON, curl's
+# default for ``-d`` (the brief's examples send JSON that way), or none
+# (which aiohttp reports as application/octet-stream).
 _ORDER_TYPES = {"text/plain", "application/json", "application/x-www-form-urlencoded",
-                "application/octet-stream", ""}
+                "application/octet-stream"}
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

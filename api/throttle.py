@@ -8,11 +8,21 @@ import time
 from collections import defaultdict, deque
 
 
+# Above this many tracked keys, expired ones are swept out, so a stream of
+# made-up logins cannot grow the table without bound; the next sweep waits
+# until the table doubles, so sweeping stays amortised O(1) per failure.
+SWEEP_ABOVE = 10_000
+
+
 class LoginThrottle:
     def __init__(self, max_failures: int, window: float) -> None:
         self.max_failures = max_failures
         self.window = window
         self._failures: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._sweep_at = SWEEP_ABOVE
+
+    def __len__(self) -> int:
+        return len(self._failures)
 
     def _recent(self, key: str, now: float) -> deque[float]:
         stamps = self._failures[key]
@@ -38,6 +48,10 @@ class LoginThrottle:
         if self.max_failures <= 0:
             return
         now = time.monotonic()
+        if len(self._failures) > self._sweep_at:
+            for key in list(self._failures):
+                self._recent(key, now)
+            self._sweep_at = max(SWEEP_ABOVE, 2 * len(self._failures))
         for key in keys:
             stamps = self._failures[key]
             stamps.append(now)

@@ -14,6 +14,7 @@ from cryptography.fernet import Fernet
 from api.app import create_app
 from api.auth import COOKIE_NAME, fernet_key
 from api.passwords import MEMORY_COST_KIB, PARALLELISM, TIME_COST, Passwords
+from api.throttle import SWEEP_ABOVE, LoginThrottle
 from shared.settings import ApiSettings
 from tests.conftest import SECRET, register
 
@@ -196,3 +197,12 @@ async def test_repeated_failed_logins_are_throttled(aiohttp_client: Any,
     assert throttled.status == 429
     assert int(throttled.headers["Retry-After"]) >= 1
     assert (await throttled.json())["error"]
+
+
+def test_throttle_forgets_expired_failures_instead_of_growing() -> None:
+    throttle = LoginThrottle(max_failures=3, window=0.0)
+    for i in range(SWEEP_ABOVE + 5):
+        throttle.failed(f"login:made-up-{i}")
+    # Each failure expired at once (window 0), so a sweep left only the newest few.
+    assert len(throttle) < 10
+    assert throttle.retry_after("login:made-up-1") is None
