@@ -7,7 +7,6 @@ memory; each API replica throttles on its own (documented in the README).
 import time
 from collections import defaultdict, deque
 
-
 # Above this many tracked keys, expired ones are swept out, so a stream of
 # made-up logins cannot grow the table without bound; the next sweep waits
 # until the table doubles, so sweeping stays amortised O(1) per failure.
