@@ -21,8 +21,11 @@ PAUSE_CHANNEL = "gophermart_accrual_pause"
 Executor = asyncpg.Connection | asyncpg.Pool
 
 # What a lost connection, a restart or a timeout raises: worth trying again later.
+# InternalClientError: asyncpg losing track of a connection killed mid-operation
+# (seen during a fast shutdown); it derives from Exception alone.
 DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+    asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+    TimeoutError)
 
 FINAL_STATUSES = frozenset({"INVALID", "PROCESSED"})
 

@@ -115,7 +115,10 @@ class Worker:
             except queue.DB_ERRORS as exc:
                 failures += 1
                 log.warning("claim failed", error=repr(exc), failures=failures)
-                await self._sleep(self._stopping, min(0.1 * 2 ** failures, config.poll_interval))
+                # Back off, but retry at once when the listener reconnects: the
+                # database is back (stop() sets _wake too).
+                await self._sleep(self._wake,
+                                  min(0.1 * 2 ** failures, 5.0, config.poll_interval))
                 continue
             failures = 0
             claimed_at = self._loop.time()
