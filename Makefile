@@ -28,6 +28,13 @@ run: $(STAMP) postgres-binaries
 test: $(STAMP) postgres-binaries lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
+# The long fault-injection run (tests/chaos/run.py: thousands of orders under
+# injected 500s, latency, a tight rate limit and SIGKILLed workers, then an audit
+# of every order and every point), and a larger schemathesis run.
+chaos: $(STAMP) postgres-binaries
+	$(BIN)/python -m tests.chaos.run
+	FUZZ_EXAMPLES=200 $(BIN)/pytest -q -p no:cacheprovider tests/chaos/test_fuzz_openapi.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -35,6 +42,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Benchmarks (bench/): `bench` prints the full table and rewrites bench/RESULTS.md
+# (about 4 minutes); `bench-smoke` runs every figure for a few seconds.
+bench: $(STAMP) postgres-binaries
+	$(BIN)/python -m bench
+
+bench-smoke: $(STAMP) postgres-binaries
+	$(BIN)/python -m bench --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
