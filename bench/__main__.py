@@ -1,0 +1,121 @@
+"""``python -m bench [--smoke]``: run every figure and print one markdown table.
+
+The full run also rewrites the generated part of bench/RESULTS.md; the smoke
+run (a few seconds per figure, so the harness cannot rot) writes
+bench/out/smoke.md instead. Exit status 1 when any figure could not be
+trusted (an unexpected status, a socket error, orders left unprocessed);
+a missed target is reported, not fatal.
+"""
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from bench import anchor, http_bench, pgbench, worker_bench, wrk
+from bench.context import Ctx
+from bench.plan import FULL, SMOKE, Plan
+from bench.report import Row, table, update_results
+from bench.stack import Stack
+from shared.logs import configure
+from shared.settings import ApiSettings
+
+HERE = Path(__file__).parent
+RSS_LIMIT_MB = 100.0
+
+
+def _memory_rows(ctx: Ctx) -> list[Row]:
+    rows = []
+    for role, what in (("api", "API"), ("worker", "worker")):
+        mib = ctx.peak_rss.get(role)
+        if mib is None:
+            continue
+        mb = mib * 1024 * 1024 / 1e6
+        rows.append(Row(f"peak RSS of one {what} process under the load above (VmHWM)",
+                        f"{mb:.0f} MB", target=f"≤ {RSS_LIMIT_MB:.0f} MB",
+                        passed=mb <= RSS_LIMIT_MB))
+    return rows
+
+
+def _machine(stack: Stack, wrk_bin: str) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    pg = subprocess.run([str(stack.pg.bindir / "postgres"), "--version"], capture_output=True,
+                        text=True).stdout.strip()
+    wrk_version = subprocess.run([wrk_bin, "-v"], capture_output=True,
+                                 text=True).stdout.splitlines()[0:1]
+    return (f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {pg}, "
+            f"{' '.join(wrk_version).split(' Copyright')[0]}")
+
+
+async def _run(ctx: Ctx) -> list[Row]:
+    rows = await http_bench.run(ctx)
+    rows += await worker_bench.run(ctx)
+    rows += await anchor.run(ctx)
+    return rows + _memory_rows(ctx)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through the cleanup below
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="every figure for a few seconds (checks the harness, not speed)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="markdown file to write (default bench/RESULTS.md, "
+                             "or bench/out/smoke.md with --smoke)")
+    args = parser.parse_args(argv)
+    plan: Plan = SMOKE if args.smoke else FULL
+    results = args.results or (HERE / "out" / "smoke.md" if args.smoke else HERE / "RESULTS.md")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    configure("warning", "console")  # migrations run in this process too
+
+    wrk_bin = wrk.ensure_wrk()
+    started = time.monotonic()
+    stack = Stack(HERE / "out" / "logs")
+    try:
+        stack.start_postgres()
+        work = stack.tmp / "work"
+        work.mkdir()
+        ctx = Ctx(stack, plan, wrk_bin, pgbench.pgbench_binary(stack.pg.bindir), work)
+        machine = _machine(stack, wrk_bin)
+        rows = asyncio.run(_run(ctx))
+    finally:
+        stack.close()
+    elapsed = time.monotonic() - started
+
+    command = "make bench-smoke" if args.smoke else "make bench"
+    text = "\n".join([
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `{command}` "
+        f"(`python -m bench{' --smoke' if args.smoke else ''}`), {plan.name} plan, "
+        f"{elapsed:.0f} s.",
+        "",
+        f"Machine: {machine}. Load generators (wrk -t1 -c{plan.connections}, pgbench -j1 "
+        f"-c{ApiSettings.db_pool_max} = the API's pool) share these cores with the servers "
+        "and PostgreSQL; PostgreSQL runs with fsync, synchronous_commit and full_page_writes off "
+        "(`LocalPostgres(fast=True)`).",
+        "",
+        table(rows),
+        "",
+    ])
+    print(text)
+    update_results(results, text) if not args.smoke else results.write_text(text)
+    failed = [r.figure for r in rows if r.problem]
+    if failed:
+        print(f"untrustworthy figures: {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
