@@ -10,8 +10,6 @@ from api.state import POOL
 from db import balance
 from db.balance import Withdrawal
 
-log = structlog.get_logger(__name__)
-
 
 @login_required
 async def get_balance(request: web.Request, user_id: int) -> web.StreamResponse:
@@ -21,12 +19,13 @@ async def get_balance(request: web.Request, user_id: int) -> web.StreamResponse:
 @login_required
 async def withdraw(request: web.Request, user_id: int) -> web.StreamResponse:
     order, amount = await read_withdrawal(request)
+    # On the request's access line rather than a line of its own.
+    structlog.contextvars.bind_contextvars(order=order, sum=str(amount))
     outcome = await balance.withdraw(request.app[POOL], user_id, order, amount)
     if outcome is Withdrawal.INSUFFICIENT:
         raise ApiError(402, "not enough points")
     if outcome is Withdrawal.CONFLICT:
         raise ApiError(409, "order number already paid with points")
-    log.info("points withdrawn", order=order, sum=str(amount))
     return json_response({"status": "withdrawn"})
 
 

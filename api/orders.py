@@ -10,18 +10,17 @@ from api.state import POOL
 from db import orders
 from db.orders import Upload
 
-log = structlog.get_logger(__name__)
-
 
 @login_required
 async def upload(request: web.Request, user_id: int) -> web.StreamResponse:
     number = await read_order_upload(request)
+    # On the request's access line rather than a line of its own.
+    structlog.contextvars.bind_contextvars(order=number)
     outcome = await orders.upload(request.app[POOL], number, user_id)
     if outcome is Upload.TAKEN:
         raise ApiError(409, "order number was uploaded by another user")
     if outcome is Upload.ALREADY_YOURS:
         return json_response({"status": "order already uploaded"}, 200)
-    log.info("order uploaded", order=number)
     return json_response({"status": "accepted for processing"}, 202)
 
 
