@@ -154,12 +154,14 @@ async def test_other_users_token_sees_only_its_own_data(client: TestClient) -> N
 
 
 def test_argon2_parameters_meet_owasp_guidance() -> None:
-    # OWASP: Argon2id with m >= 19 MiB, t >= 2, p = 1 (or an equivalent trade-off).
+    # OWASP's equivalent Argon2id settings, (memory KiB, iterations) with p = 1.
+    owasp = [(46 * 1024, 1), (19 * 1024, 2), (12 * 1024, 3), (9 * 1024, 4), (7 * 1024, 5)]
     passwords = Passwords(1)
     try:
         params = passwords.hasher.hash("x").split("$")
         assert params[1] == "argon2id"
-        assert MEMORY_COST_KIB >= 19 * 1024 and TIME_COST >= 2 and PARALLELISM == 1
+        assert PARALLELISM == 1
+        assert any(MEMORY_COST_KIB >= m and TIME_COST >= t for m, t in owasp)
         assert params[3] == f"m={MEMORY_COST_KIB},t={TIME_COST},p={PARALLELISM}"
     finally:
         passwords.close()
