@@ -1,5 +1,6 @@
 """The PostgreSQL connection pool both processes use."""
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -18,22 +19,62 @@ async def _keep_session(_: asyncpg.Connection) -> None:
     """
 
 
+class FairPool(asyncpg.Pool):
+    """An asyncpg pool that hands out connections in the order they were asked for.
+
+    asyncpg queues idle connections in an ``asyncio.Queue``, which is not fair:
+    a released connection goes to whichever task asks next, and a woken
+    waiter that finds it taken queues again at the back. With the pool
+    exhausted (more requests in flight than connections) some requests
+    starve: ``make bench`` showed p50 3 ms but p99 over 500 ms. A FIFO
+    semaphore in front of the pool (``asyncio.Semaphore`` wakes waiters in
+    order) restores first come, first served.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turns = asyncio.Semaphore(kwargs["max_size"])
+
+    # The overrides keep asyncpg's signatures, ``timeout`` parameters included.
+    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109
+        async with asyncio.timeout(timeout):
+            await self._turns.acquire()
+        try:
+            return await super()._acquire(timeout)  # type: ignore[misc]
+        except BaseException:
+            self._turns.release()
+            raise
+
+    async def release(self, connection: Any, *,
+                      timeout: float | None = None) -> None:  # noqa: ASYNC109
+        held = getattr(connection, "_con", None) is not None  # not released already
+        try:
+            await super().release(connection, timeout=timeout)
+        finally:
+            if held:
+                self._turns.release()
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10,
-                      connect_timeout: float = 5.0, **kwargs: Any) -> asyncpg.Pool:
-    """A pool whose connections resolve names in Gophermart's own schema.
+                      connect_timeout: float = 5.0) -> asyncpg.Pool:
+    """A fair pool whose connections resolve names in Gophermart's own schema.
 
     ``command_timeout`` bounds every query so that a stalled database turns
     into a prompt error rather than a hanging request.
     """
-    pool = await asyncpg.create_pool(
+    pool = FairPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        reset=_keep_session,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         timeout=connect_timeout,
         command_timeout=connect_timeout,
         server_settings={"search_path": SCHEMA, "application_name": "gophermart"},
-        reset=_keep_session,
-        **kwargs,
     )
-    assert pool is not None
+    await pool
     return pool
