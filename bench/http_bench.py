@@ -12,12 +12,12 @@ from bench.ordernums import numbers
 from bench.procs import Proc
 from bench.report import Row, ms, pct, rate
 from bench.stack import url
-from db import balance, orders
+from db import balance, orders, users
 from shared.localpg import free_port
 from shared.settings import ApiSettings
 
 # db/users.py runs this inline in credentials(); kept identical here.
-CREDENTIALS_SQL = "SELECT id, password_hash FROM users WHERE login = $1"
+CREDENTIALS_SQL = users._CREDENTIALS
 
 
 @dataclass(frozen=True, slots=True)

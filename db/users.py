@@ -13,6 +13,8 @@ WITH new_user AS (
 SELECT id FROM new_user
 """
 
+_CREDENTIALS = "SELECT id, password_hash FROM users WHERE login = $1"
+
 
 async def register(pool: asyncpg.Pool, login: str, password_hash: str) -> int | None:
     """Create the user and their zero balance; None when the login is taken."""
@@ -22,5 +24,5 @@ async def register(pool: asyncpg.Pool, login: str, password_hash: str) -> int | 
 
 async def credentials(pool: asyncpg.Pool, login: str) -> tuple[int, str] | None:
     """(user id, password hash) for a login, or None."""
-    row = await pool.fetchrow("SELECT id, password_hash FROM users WHERE login = $1", login)
+    row = await pool.fetchrow(_CREDENTIALS, login)
     return None if row is None else (row["id"], row["password_hash"])
