@@ -16,7 +16,6 @@ from db import balance, orders, users
 from shared.localpg import free_port
 from shared.settings import ApiSettings
 
-# db/users.py runs this inline in credentials(); kept identical here.
 CREDENTIALS_SQL = users._CREDENTIALS
 
 
