@@ -59,6 +59,28 @@ def pg_server() -> Iterator[LocalPostgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def own_server() -> Iterator[LocalPostgres]:
+    """A server of this test's own, which it may stop and start without disturbing others."""
+    root = Path(tempfile.mkdtemp(prefix="gophermart-own-pg-"))
+    server = LocalPostgres(root, fast=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def log_dir() -> Iterator[Path]:
+    """A directory for the logs of processes a test starts."""
+    with tempfile.TemporaryDirectory(prefix="gophermart-logs-") as directory:
+        # Traversable, so that a PostgreSQL started inside as another user can reach it.
+        Path(directory).chmod(0o755)
+        yield Path(directory)
+
+
 @pytest.fixture(scope="session")
 def template_dsn(pg_server: LocalPostgres) -> str:
     async def build() -> None:

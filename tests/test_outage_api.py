@@ -1,31 +1,13 @@
 """PostgreSQL goes away under the API and comes back: 503s meanwhile, no restart needed."""
 
 import asyncio
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 
 from api.app import create_app
 from shared.localpg import LocalPostgres
 from shared.settings import ApiSettings
-
-
-@pytest.fixture
-def own_server() -> Iterator[LocalPostgres]:
-    """A server of this test's own: stopping it must not disturb the others."""
-    root = Path(tempfile.mkdtemp(prefix="gophermart-outage-"))
-    server = LocalPostgres(root, fast=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_api_answers_503_while_the_database_is_down_then_recovers(

@@ -1,8 +1,7 @@
 """End-to-end fixtures: PostgreSQL, accrual-sim, gophermart-api and workers as real processes."""
 
 import asyncio
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,14 +102,6 @@ class System:
 
 
 SystemFactory = Callable[..., Awaitable[System]]
-
-
-@pytest.fixture
-def log_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="gophermart-e2e-") as directory:
-        # Traversable, so that a PostgreSQL started inside as another user can reach it.
-        Path(directory).chmod(0o755)
-        yield Path(directory)
 
 
 @pytest.fixture
