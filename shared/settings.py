@@ -138,7 +138,7 @@ class ApiSettings(CommonSettings):
     max_body_bytes: int = setting(
         65536, "MAX_BODY_BYTES", help="largest accepted request body, decompressed")
     hash_concurrency: int = setting(
-        0, "HASH_CONCURRENCY", help="password hashes at once (0 = CPU count)")
+        0, "HASH_CONCURRENCY", help="password hashes at once (0 = CPU count - 1, at least 1)")
     login_max_failures: int = setting(
         10, "LOGIN_MAX_FAILURES",
         help="failed logins per login or per client address before throttling (0 = off)")
