@@ -28,9 +28,9 @@ import asyncpg
 
 from shared.localpg import LocalPostgres
 from shared.luhn import with_check_digit
-from tests.chaos.harness import SESSION_SECRET, Stack, eventually, expected_accrual, leaked_secrets
+from tests.system import SESSION_SECRET, Stack, eventually, expected_accrual, leaked_secrets
 
-# Goods that earn (the rules in harness.RULES) and one that earns nothing.
+# Goods that earn (the rules in tests.system.RULES) and one that earns nothing.
 _EARNING = (("Чайник Bork", "7000"), ("Чипсы Pringles бекон", "147.5"),
             ("Напиток Coca-Cola Zero 0.5л", "55"), ("Стиральная машинка LG", "47399.99"),
             ("Телевизор Bork", "14599.50"), ("Pringles Original", "99.99"))

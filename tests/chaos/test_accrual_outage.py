@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from shared.luhn import with_check_digit
-from tests.chaos.harness import SESSION_SECRET, Stack, eventually, leaked_secrets
+from tests.system import SESSION_SECRET, Stack, eventually, leaked_secrets
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import pytest
 
 from shared.localpg import LocalPostgres
 from shared.luhn import with_check_digit
-from tests.chaos.harness import SESSION_SECRET, Stack, eventually, leaked_secrets
+from tests.system import SESSION_SECRET, Stack, eventually, leaked_secrets
 
 pytestmark = pytest.mark.e2e
 

@@ -7,10 +7,11 @@ from decimal import Decimal
 import asyncpg
 
 from shared.luhn import with_check_digit
-from tests.e2e.conftest import System, SystemFactory
+from tests.e2e.conftest import SystemFactory
+from tests.system import Stack, eventually
 
 
-async def _status(system: System, token: str, number: str) -> str | None:
+async def _status(system: Stack, token: str, number: str) -> str | None:
     code, orders = await system.get(token, "/api/user/orders")
     if code != 200:
         return None
@@ -19,24 +20,25 @@ async def _status(system: System, token: str, number: str) -> str | None:
 
 async def test_spec_example_from_rule_to_withdrawal(start_system: SystemFactory) -> None:
     system = await start_system()
-    await system.sim_rule("Bork", 5, "%")
-    await system.sim_order("12345678903", [("Стиральная машинка LG", "47399.99"),
-                                           ("Телевизор Bork", "14599.50")])
+    await system.sim_rule("Bork", "5", "%")
+    assert await system.sim_order("12345678903", [("Стиральная машинка LG", "47399.99"),
+                                                  ("Телевизор Bork", "14599.50")]) == 202
     token = await system.register("shopper")
     assert await system.upload(token, "12345678903") == 202
 
     async def processed() -> bool:
         return await _status(system, token, "12345678903") == "PROCESSED"
 
-    await system.wait_for(processed, within=5, what="order PROCESSED")
+    await eventually(processed, within=5, what="order PROCESSED",
+                     context=system.logs_tail)
     _, orders = await system.get(token, "/api/user/orders")
-    assert orders[0]["accrual"] == 729.98
+    assert orders[0]["accrual"] == Decimal("729.98")
     assert await system.get(token, "/api/user/balance") == (
-        200, {"current": 729.98, "withdrawn": 0})
-    assert await system.withdraw(token, "2377225624", "500") == 200
-    assert await system.withdraw(token, with_check_digit("777"), "230") == 402
+        200, {"current": Decimal("729.98"), "withdrawn": 0})
+    assert await system.withdraw(token, "2377225624", Decimal("500")) == 200
+    assert await system.withdraw(token, with_check_digit("777"), Decimal("230")) == 402
     assert await system.get(token, "/api/user/balance") == (
-        200, {"current": 229.98, "withdrawn": 500})
+        200, {"current": Decimal("229.98"), "withdrawn": 500})
     code, withdrawals = await system.get(token, "/api/user/withdrawals")
     assert code == 200
     assert [(w["order"], w["sum"]) for w in withdrawals] == [("2377225624", 500)]
@@ -44,8 +46,8 @@ async def test_spec_example_from_rule_to_withdrawal(start_system: SystemFactory)
 
 async def test_order_unknown_to_the_accrual_system_stays_new(start_system: SystemFactory) -> None:
     system = await start_system(sim_args=("--delay", "30"))
-    await system.sim_rule("Pringles", 10, "%")
-    await system.sim_order("79927398713", [("Чипсы Pringles", "100")])
+    await system.sim_rule("Pringles", "10", "%")
+    assert await system.sim_order("79927398713", [("Чипсы Pringles", "100")]) == 202
     token = await system.register("patient")
     assert await system.upload(token, "12345678903") == 202  # the simulator never heard of it
     assert await system.upload(token, "79927398713") == 202  # known, computing for 30 s
@@ -54,7 +56,8 @@ async def test_order_unknown_to_the_accrual_system_stays_new(start_system: Syste
         stats = await system.sim_stats()
         return int(stats["requests"]) >= 4
 
-    await system.wait_for(asked_about_both_twice, within=10, what="repeated asks")
+    await eventually(asked_about_both_twice, within=10, what="repeated asks",
+                     context=system.logs_tail)
     assert await _status(system, token, "12345678903") == "NEW"
     assert await _status(system, token, "79927398713") in ("NEW", "PROCESSING")
     assert await system.get(token, "/api/user/balance") == (200, {"current": 0, "withdrawn": 0})
@@ -71,7 +74,7 @@ async def test_killed_worker_loses_nothing_and_credits_nothing_twice(
     await system.sim_rule("Bork", "12.5", "pt")
     numbers = [with_check_digit(str(40000 + i)) for i in range(40)]
     for number in numbers:
-        await system.sim_order(number, [("Bork", "1")])
+        assert await system.sim_order(number, [("Bork", "1")]) == 202
     token = await system.register("survivor")
     for number in numbers:
         assert await system.upload(token, number) == 202
@@ -82,7 +85,8 @@ async def test_killed_worker_loses_nothing_and_credits_nothing_twice(
             " AND status IN ('NEW', 'PROCESSING') AND next_attempt_at > now()")
         return held > 0
 
-    await system.wait_for(leases_held, within=10, what="claimed orders")
+    await eventually(leases_held, within=10, what="claimed orders",
+                     context=system.logs_tail)
     system.workers[0].stop(signal.SIGKILL)
     system.add_worker()
     system.add_worker()
@@ -92,7 +96,8 @@ async def test_killed_worker_loses_nothing_and_credits_nothing_twice(
             "SELECT count(*) FROM gophermart.orders WHERE status = 'PROCESSED'")
         return done == len(numbers)
 
-    await system.wait_for(all_processed, within=40, what="every order PROCESSED")
+    await eventually(all_processed, within=40, what="every order PROCESSED",
+                     context=system.logs_tail)
     credits = await pool.fetch("SELECT order_number, count(*) AS n FROM gophermart.ledger"
                                " WHERE kind = 'accrual' GROUP BY order_number")
     assert sorted(r["order_number"] for r in credits) == sorted(numbers)
@@ -110,7 +115,7 @@ async def test_fleet_honours_the_rate_limit_pause(start_system: SystemFactory,
     await system.sim_rule("Bork", "1", "pt")
     numbers = [with_check_digit(str(50000 + i)) for i in range(40)]
     for number in numbers:
-        await system.sim_order(number, [("Bork", "1")])
+        assert await system.sim_order(number, [("Bork", "1")]) == 202
     token = await system.register("limited")
     for number in numbers:
         assert await system.upload(token, number) == 202
@@ -120,7 +125,8 @@ async def test_fleet_honours_the_rate_limit_pause(start_system: SystemFactory,
             "SELECT count(*) FROM gophermart.orders WHERE status = 'PROCESSED'")
         return done == len(numbers)
 
-    await system.wait_for(all_processed, within=60, what="every order PROCESSED")
+    await eventually(all_processed, within=60, what="every order PROCESSED",
+                     context=system.logs_tail)
     stats = await system.sim_stats()
     assert stats["requests_during_pause"] == 0, stats
     assert stats["too_many_requests"] >= 1, stats  # the limit was actually hit

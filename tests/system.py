@@ -1,7 +1,7 @@
-"""Real processes under faults: simulator, API and a changing fleet of workers.
+"""The whole system as real processes: simulator, API and a changing fleet of workers.
 
-Used by the chaos tests and by ``python -m tests.chaos.run`` alike, so it
-depends on no pytest fixture. Every HTTP helper returns the status (and body)
+Used by the end-to-end tests, the chaos tests and ``python -m tests.chaos.run``
+alike, so it depends on no pytest fixture. Every HTTP helper returns the status (and body)
 instead of asserting, because under faults the caller decides what is allowed.
 """
 
@@ -122,12 +122,15 @@ class Stack:
 
     # -- the accrual simulator's admin side ------------------------------------
 
+    async def sim_rule(self, match: str, reward: str, kind: str) -> None:
+        body = f'{{"match": "{match}", "reward": {reward}, "reward_type": "{kind}"}}'
+        async with self.http.post(f"{self.sim_url}/api/goods", data=body,
+                                  headers={"Content-Type": "application/json"}) as response:
+            assert response.status == 200, await response.text()
+
     async def sim_rules(self) -> None:
-        for match, reward, kind in RULES:
-            body = f'{{"match": "{match}", "reward": {reward}, "reward_type": "{kind}"}}'
-            async with self.http.post(f"{self.sim_url}/api/goods", data=body,
-                                      headers={"Content-Type": "application/json"}) as response:
-                assert response.status == 200, await response.text()
+        for rule in RULES:
+            await self.sim_rule(*rule)
 
     async def sim_order(self, number: str, goods: list[tuple[str, str]]) -> int:
         items = ", ".join(f'{{"description": {json.dumps(d)}, "price": {p}}}' for d, p in goods)
@@ -143,7 +146,7 @@ class Stack:
 
     # -- the API ---------------------------------------------------------------
 
-    async def register(self, login: str, password: str) -> str:
+    async def register(self, login: str, password: str = "e2e-password-5d0b") -> str:
         async with self.http.post(f"{self.api_url}/api/user/register",
                                   json={"login": login, "password": password}) as response:
             assert response.status == 200, await response.text()
