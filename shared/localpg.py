@@ -14,6 +14,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,11 +151,13 @@ def _user_exists(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def running(datadir: Path, port: int | None = None, *,
-            fast: bool = False) -> Iterator[LocalPostgres]:
-    server = LocalPostgres(datadir, port, fast=fast)
-    server.start()
+def throwaway(prefix: str = "gophermart-pg-") -> Iterator[LocalPostgres]:
+    """A fast, durability-free cluster in a new temp dir, removed afterwards (tests)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    server = LocalPostgres(root, fast=True)
     try:
+        server.start()
         yield server
     finally:
-        server.stop()
+        server.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)

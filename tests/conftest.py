@@ -8,7 +8,6 @@ and takes a few milliseconds.
 
 import asyncio
 import itertools
-import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -22,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from api.app import create_app
 from db.migrate import migrate
 from shared import logs
-from shared.localpg import LocalPostgres
+from shared.localpg import LocalPostgres, throwaway
 from shared.pg import create_pool
 from shared.settings import ApiSettings
 
@@ -49,27 +48,15 @@ def captured_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[LocalPostgres]:
-    root = Path(tempfile.mkdtemp(prefix="gophermart-test-pg-"))
-    server = LocalPostgres(root, fast=True)
-    try:
-        server.start()
+    with throwaway("gophermart-test-pg-") as server:
         yield server
-    finally:
-        server.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
 def own_server() -> Iterator[LocalPostgres]:
     """A server of this test's own, which it may stop and start without disturbing others."""
-    root = Path(tempfile.mkdtemp(prefix="gophermart-own-pg-"))
-    server = LocalPostgres(root, fast=True)
-    server.start()
-    try:
+    with throwaway("gophermart-own-pg-") as server:
         yield server
-    finally:
-        server.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

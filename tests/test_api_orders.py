@@ -133,7 +133,7 @@ async def test_same_number_from_two_users_at_once_has_one_owner(
     assert await pool.fetchval("SELECT count(*) FROM orders") == 1
 
 
-async def test_upload_wakes_workers_in_the_same_transaction(
+async def test_an_upload_notifies_the_workers(
         client: TestClient, database_uri: str) -> None:
     listener = await asyncpg.connect(database_uri)
     received: asyncio.Queue[str] = asyncio.Queue()
