@@ -18,6 +18,29 @@ async def _status(system: Stack, token: str, number: str) -> str | None:
     return next((o["status"] for o in orders if o["number"] == number), None)
 
 
+async def _orders_known_and_uploaded(system: Stack, login: str, first: int,
+                                     count: int) -> tuple[str, list[str]]:
+    """``count`` purchases of one "Bork" registered in the simulator and uploaded by a user."""
+    numbers = [with_check_digit(str(first + i)) for i in range(count)]
+    for number in numbers:
+        assert await system.sim_order(number, [("Bork", "1")]) == 202
+    token = await system.register(login)
+    for number in numbers:
+        assert await system.upload(token, number) == 202
+    return token, numbers
+
+
+async def _wait_all_processed(system: Stack, pool: asyncpg.Pool, count: int,
+                              within: float) -> None:
+    async def all_processed() -> bool:
+        done: int = await pool.fetchval(
+            "SELECT count(*) FROM gophermart.orders WHERE status = 'PROCESSED'")
+        return done == count
+
+    await eventually(all_processed, within=within, what="every order PROCESSED",
+                     context=system.logs_tail)
+
+
 async def test_spec_example_from_rule_to_withdrawal(start_system: SystemFactory) -> None:
     system = await start_system()
     await system.sim_rule("Bork", "5", "%")
@@ -72,12 +95,7 @@ async def test_killed_worker_loses_nothing_and_credits_nothing_twice(
                   "--latency-max", "1"),
         worker_env={"WORKER_LEASE": "2", "WORKER_BATCH_SIZE": "20"})
     await system.sim_rule("Bork", "12.5", "pt")
-    numbers = [with_check_digit(str(40000 + i)) for i in range(40)]
-    for number in numbers:
-        assert await system.sim_order(number, [("Bork", "1")]) == 202
-    token = await system.register("survivor")
-    for number in numbers:
-        assert await system.upload(token, number) == 202
+    token, numbers = await _orders_known_and_uploaded(system, "survivor", 40000, 40)
 
     async def leases_held() -> bool:
         held: int = await pool.fetchval(
@@ -91,13 +109,7 @@ async def test_killed_worker_loses_nothing_and_credits_nothing_twice(
     system.add_worker()
     system.add_worker()
 
-    async def all_processed() -> bool:
-        done: int = await pool.fetchval(
-            "SELECT count(*) FROM gophermart.orders WHERE status = 'PROCESSED'")
-        return done == len(numbers)
-
-    await eventually(all_processed, within=40, what="every order PROCESSED",
-                     context=system.logs_tail)
+    await _wait_all_processed(system, pool, len(numbers), within=40)
     credits = await pool.fetch("SELECT order_number, count(*) AS n FROM gophermart.ledger"
                                " WHERE kind = 'accrual' GROUP BY order_number")
     assert sorted(r["order_number"] for r in credits) == sorted(numbers)
@@ -113,20 +125,9 @@ async def test_fleet_honours_the_rate_limit_pause(start_system: SystemFactory,
     system = await start_system(sim_args=("--delay", "0", "--rate-limit", "8",
                                           "--rate-window", "2"))
     await system.sim_rule("Bork", "1", "pt")
-    numbers = [with_check_digit(str(50000 + i)) for i in range(40)]
-    for number in numbers:
-        assert await system.sim_order(number, [("Bork", "1")]) == 202
-    token = await system.register("limited")
-    for number in numbers:
-        assert await system.upload(token, number) == 202
+    token, numbers = await _orders_known_and_uploaded(system, "limited", 50000, 40)
 
-    async def all_processed() -> bool:
-        done: int = await pool.fetchval(
-            "SELECT count(*) FROM gophermart.orders WHERE status = 'PROCESSED'")
-        return done == len(numbers)
-
-    await eventually(all_processed, within=60, what="every order PROCESSED",
-                     context=system.logs_tail)
+    await _wait_all_processed(system, pool, len(numbers), within=60)
     stats = await system.sim_stats()
     assert stats["requests_during_pause"] == 0, stats
     assert stats["too_many_requests"] >= 1, stats  # the limit was actually hit
