@@ -1,6 +1,5 @@
 """The whole system as real processes: simulator, API, two workers, PostgreSQL."""
 
-import asyncio
 import signal
 from decimal import Decimal
 
@@ -8,6 +7,7 @@ import asyncpg
 
 from shared.luhn import with_check_digit
 from tests.e2e.conftest import SystemFactory
+from tests.processes import Service
 from tests.system import Stack, eventually
 
 
@@ -136,7 +136,14 @@ async def test_fleet_honours_the_rate_limit_pause(start_system: SystemFactory,
 
 async def test_processes_exit_cleanly_on_sigint_and_sigterm(start_system: SystemFactory) -> None:
     system = await start_system()
-    await asyncio.sleep(0.5)
+    # A signal that lands before the worker has installed its handlers (it is
+    # still importing) kills it the default way: wait until both have started.
+    for worker in system.workers:
+        await eventually(lambda w=worker: _started(w), within=30, what=f"{worker.name} started")
     assert system.workers[0].stop(signal.SIGINT) == 0
     assert system.workers[1].stop(signal.SIGTERM) == 0
     assert system.api.stop(signal.SIGTERM) == 0
+
+
+async def _started(worker: Service) -> bool:
+    return '"worker started"' in worker.log()
