@@ -12,6 +12,7 @@ request's logging together. Other libraries' standard ``logging`` records
 import logging
 import sys
 from collections.abc import MutableMapping
+from decimal import Decimal
 from typing import Any, TextIO
 
 import orjson
@@ -28,8 +29,20 @@ def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+def _json_default(value: Any) -> Any:
+    """orjson's fallback for what it cannot encode itself."""
+    if isinstance(value, Decimal):
+        # Money as an exact JSON number (700.00, never a float and never
+        # "Decimal('700.00')"); NaN and infinities have no JSON number, so text.
+        return orjson.Fragment(format(value, "f")) if value.is_finite() else str(value)
+    # What structlog's own fallback does: the object's own rendering, else repr.
+    render = getattr(value, "__structlog__", None)
+    return render() if callable(render) else repr(value)
+
+
 def _orjson_dumps(value: Any, default: Any = None) -> str:
-    return orjson.dumps(value, default=default).decode()
+    # structlog passes its repr fallback as ``default``; ours handles Decimal first.
+    return orjson.dumps(value, default=_json_default).decode()
 
 
 class _NamedLogger(structlog.WriteLogger):

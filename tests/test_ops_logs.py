@@ -4,6 +4,7 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 import structlog
@@ -73,3 +74,30 @@ def test_exceptions_are_rendered_inside_the_json_line(
     [entry] = lines(json_logs)
     assert entry["level"] == "error"
     assert "ValueError: bad" in str(entry["exception"])
+
+
+def test_money_is_an_exact_json_number_in_every_log_line(
+        json_logs: pytest.CaptureFixture[str]) -> None:
+    configure_json()
+    structlog.contextvars.bind_contextvars(balance=Decimal("0.10"))
+    structlog.get_logger("worker.loop").info(
+        "order status changed", accrual=Decimal("700.00"), big=Decimal("9999999999999999.99"),
+        odd=Decimal("NaN"), nested={"sum": Decimal("1E+2")})
+    logging.getLogger("stdlib").warning("through the standard library too")
+    raw, stdlib_line = json_logs.readouterr().err.splitlines()
+    assert '"accrual":700.00' in raw and "Decimal(" not in raw
+    entry = json.loads(raw, parse_float=Decimal)
+    assert entry["accrual"] == Decimal("700.00")
+    assert entry["big"] == Decimal("9999999999999999.99")  # exact: no float on the way
+    assert entry["balance"] == Decimal("0.10")
+    assert entry["nested"] == {"sum": 100}
+    assert entry["odd"] == "NaN"  # JSON has no NaN: text, and the line still parses
+    assert json.loads(stdlib_line)["balance"] == 0.1
+
+
+def test_other_unknown_values_are_their_repr_not_a_lost_line(
+        json_logs: pytest.CaptureFixture[str]) -> None:
+    configure_json()
+    structlog.get_logger("x").info("odd value", what=object)
+    [entry] = lines(json_logs)
+    assert entry["what"] == "<class 'object'>"
