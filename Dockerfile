@@ -7,26 +7,35 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # --- builder: a virtualenv holding the app and its dependencies --------------
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Dependencies first, from pyproject alone, so editing code reuses this layer.
-# Every dependency ships manylinux wheels, so no compiler is needed here either.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+# Exact versions with their hashes (requirements/*.lock, `make lock`): a package
+# missing from the lock, or a file whose hash differs, fails the build instead of
+# resolving something else (a dependency missing from the lock has no hash, which
+# --require-hashes refuses too). Wheels only, so no compiler is needed either.
+# Dependencies first, from the lock alone, so editing code reuses this layer.
+COPY requirements/runtime.lock requirements/build.lock ./requirements/
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --require-hashes --only-binary=:all: \
+           -r requirements/runtime.lock \
+    && python -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes --only-binary=:all: \
+           -r requirements/build.lock
 
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY api ./api
 COPY worker ./worker
 COPY shared ./shared
 COPY db ./db
 COPY accrual_sim ./accrual_sim
 COPY stack ./stack
-# A regular (not editable) install: the venv is self-contained, migrations included.
-RUN pip install --no-deps . \
+# The project's wheel is built with the locked setuptools in /opt/build, and a
+# regular (not editable) install keeps /opt/venv self-contained, migrations
+# included. pip and setuptools then leave /opt/venv: nothing at run time uses them.
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist . \
+    && /opt/venv/bin/pip install --no-deps /tmp/dist/*.whl \
+    && /opt/venv/bin/pip check \
+    && /opt/venv/bin/python -m pip uninstall --yes pip setuptools \
     && python -m compileall -q /opt/venv/lib
 
 # --- runtime: the venv only, run as an unprivileged user ---------------------

@@ -6,12 +6,36 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: run test lint format postgres-binaries bench bench-smoke chaos clean
+.PHONY: run test lint format lock lock-upgrade postgres-binaries bench bench-smoke \
+	chaos clean
 
-$(STAMP): pyproject.toml
+# Installs take exact versions with their hashes from requirements/dev.lock, never
+# whatever the index has today; the project itself goes in editable, without deps.
+$(STAMP): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP) --require-hashes -r requirements/dev.lock
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+PIP = $(BIN)/pip install --quiet --disable-pip-version-check
+
+# After changing dependencies in pyproject.toml: `make lock` rewrites the lock files,
+# keeping every pin that still fits (`make lock-upgrade` moves all to the newest).
+# dev.lock (everything: runtime, [dev], build backend) is resolved first; the
+# image's runtime.lock and build.lock are resolved within it, so they pin the very
+# versions the suite ran with.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command 'make lock' $(UV_FLAGS)
+BUILD_REQUIRES = $(BIN)/python -c 'import tomllib; \
+	print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
+
+lock: $(STAMP)
+	$(BUILD_REQUIRES) | $(UV_COMPILE) pyproject.toml - --extra dev -o requirements/dev.lock
+	$(UV_COMPILE) pyproject.toml -c requirements/dev.lock -o requirements/runtime.lock
+	$(BUILD_REQUIRES) | $(UV_COMPILE) - -c requirements/dev.lock -o requirements/build.lock
+
+lock-upgrade:
+	$(MAKE) lock UV_FLAGS=--upgrade
 
 # The suite and `make run` start their own PostgreSQL from its server
 # binaries; install them when missing and we are allowed to (root, Debian).
