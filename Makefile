@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: run test lint format lock lock-upgrade postgres-binaries bench bench-smoke \
+.PHONY: run test lint format lock lock-upgrade compose-check postgres-binaries bench bench-smoke \
 	chaos clean
 
 # Installs take exact versions with their hashes from requirements/dev.lock, never
@@ -74,6 +74,12 @@ bench: $(STAMP) postgres-binaries
 
 bench-smoke: $(STAMP) postgres-binaries
 	$(BIN)/python -m bench --smoke
+
+# The image and the compose stack on a real Docker engine (deploy/compose_check.py):
+# build, a customer's flow, 4 workers all taking work, non-root processes, JSON logs,
+# stop times. Needs a Docker engine with the base images, so not part of `make test`.
+compose-check: $(STAMP)
+	$(BIN)/python -m deploy.compose_check
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -8,6 +8,8 @@ shows at ``docker compose up``.
 import dataclasses
 import importlib.util
 import re
+import stat
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import pytest
 import yaml
 
 from accrual_sim.settings import SimSettings
+from deploy.compose_check import HostPorts, derive
 from shared.settings import ApiSettings, WorkerSettings, split_host_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +138,57 @@ def test_the_api_requires_a_session_secret_from_the_environment(
                         services["api"]["environment"]["SESSION_SECRET"])
 
 
+def test_the_first_run_script_writes_the_secret_once(tmp_path: Path) -> None:
+    # compose reads .env by itself: the secret written once is the one every later
+    # `up`, `--scale` and restart uses, so logins survive them.
+    env = tmp_path / ".env"
+    env.write_text("POSTGRES_PASSWORD=kept")  # no final newline: must not be swallowed
+    script = ROOT / "deploy" / "env-init.sh"
+    assert "deploy/env-init.sh" in str(
+        yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["api"][
+            "environment"]["SESSION_SECRET"])
+    subprocess.run([script, env], check=True, capture_output=True)
+    first = env.read_text()
+    assert re.fullmatch(r"POSTGRES_PASSWORD=kept\nSESSION_SECRET=[0-9a-f]{64}\n", first)
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    again = subprocess.run([script, env], check=True, capture_output=True, text=True)
+    assert env.read_text() == first and "keeping it" in again.stdout
+    other = tmp_path / "other.env"
+    subprocess.run([script, other], check=True, capture_output=True)
+    assert other.read_text() != first.split("\n", 1)[1]  # a fresh random secret
+
+
+def test_secrets_stay_out_of_the_image_and_out_of_git() -> None:
+    for ignore_file in (".dockerignore", ".gitignore"):
+        assert ".env" in (ROOT / ignore_file).read_text().split(), ignore_file
+
+
+def test_one_image_is_built_once_and_shared_by_every_app_service(
+        services: dict[str, dict[str, Any]]) -> None:
+    builders = [name for name, spec in services.items() if "build" in spec]
+    assert builders == ["api"]
+    images = {services[name]["image"] for name in app_services(services)}
+    assert images == {"gophermart:local"}
+
+
+def test_only_the_api_is_published_beyond_loopback(
+        services: dict[str, dict[str, Any]]) -> None:
+    # The simulator's write API registers purchases, i.e. mints points: loopback
+    # only. PostgreSQL and the workers' ops ports stay inside the network.
+    published = {name: [str(p) for p in spec.get("ports", [])]
+                 for name, spec in services.items()}
+    assert published["api"] == ["8080:8080"]
+    assert published["accrual"] == ["127.0.0.1:8081:8081"]
+    assert not published["postgres"] and not published["worker"]
+
+
+def test_the_compose_version_is_stated(compose: dict[str, Any]) -> None:
+    # The top-level `name:` needs Compose v2.3.3; the file and the README say so.
+    assert compose["name"] == "gophermart"
+    assert "Compose v2.3.3" in (ROOT / "docker-compose.yml").read_text()
+    assert "Compose v2.3.3" in (ROOT / "README.md").read_text()
+
+
 def test_start_order_waits_for_healthy_dependencies(
         services: dict[str, dict[str, Any]]) -> None:
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
@@ -204,6 +258,10 @@ def test_final_stage_runs_unprivileged_without_build_tools() -> None:
     body = " ".join(rest for _, rest in final)
     for tool in ("gcc", "build-essential", "apt-get install", "make "):
         assert tool not in body
+    # The venv handed over has lost pip and setuptools (about 25 MB nothing runs);
+    # `make compose-check` confirms that in the built image.
+    builder = " ".join(rest for _, rest in dockerfile_stages()[0][1])
+    assert re.search(r"/opt/venv/bin/python -m pip uninstall --yes pip setuptools", builder)
 
 
 def test_default_command_is_the_api_and_its_port_is_exposed() -> None:
@@ -224,3 +282,38 @@ def test_the_image_contains_every_package_the_console_scripts_need() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not set(packages) & set(ignored)
     assert ".venv" in ignored and ".git" in ignored
+
+
+# --- make compose-check's derived files ----------------------------------------
+
+def test_compose_v1_gets_the_same_file_without_its_name(compose: dict[str, Any]) -> None:
+    derived = derive(compose, v1=True, host=None, context=ROOT)
+    assert "name" not in derived and compose["name"] == "gophermart"
+    assert derived["services"]["api"]["build"] == {"context": str(ROOT)}
+    del derived["services"]["api"]["build"]
+    original = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    del original["name"], original["services"]["api"]["build"]
+    assert derived == original  # nothing else differs
+
+
+def test_host_networking_keeps_every_address_consistent(compose: dict[str, Any]) -> None:
+    ports = HostPorts(postgres=25432, api=28080, accrual=28081)
+    services = derive(compose, v1=False, host=ports, context=ROOT)["services"]
+    assert {spec["network_mode"] for spec in services.values()} == {"host"}
+    assert not any("ports" in spec or "expose" in spec for spec in services.values())
+    text = yaml.safe_dump(services)
+    for stale in ("@postgres:", "http://accrual:", ":8080", ":8081", ":9100", "0.0.0.0"):
+        assert stale not in text, stale
+    for name in ("api", "worker"):
+        env = environment(services[name])
+        assert urlsplit(env["DATABASE_URI"]).netloc.endswith("@127.0.0.1:25432")
+        assert env["ACCRUAL_SYSTEM_ADDRESS"] == "http://127.0.0.1:28081"
+    assert environment(services["api"])["RUN_ADDRESS"] == "127.0.0.1:28080"
+    assert "127.0.0.1:28080/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    assert environment(services["accrual"])["RUN_ADDRESS"] == "127.0.0.1:28081"
+    assert environment(services["postgres"])["PGPORT"] == "25432"
+    assert "listen_addresses=127.0.0.1" in services["postgres"]["command"]
+    # Replicas would clash on one ops port: it is off, and readiness comes from the log.
+    assert "WORKER_HEALTH_ADDRESS" not in services["worker"]["environment"]
+    assert services["worker"]["healthcheck"] == {"disable": True}
+    assert services["api"]["build"]["network"] == "host"
