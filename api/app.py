@@ -1,19 +1,20 @@
 """The API application factory."""
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-from aiohttp_session import session_middleware
 
 from api import balance, orders, users
-from api.auth import create_storage
 from api.health import add_ops_routes
 from api.metrics import METRICS, ApiMetrics
 from api.middleware import errors_and_access_log
 from api.openapi import add_docs_routes
 from api.passwords import Passwords
-from api.state import PASSWORDS, POOL, SETTINGS, THROTTLE
+from api.sessions import RevocationListener, Sessions
+from api.state import PASSWORDS, POOL, SESSIONS, SETTINGS, THROTTLE
 from api.throttle import LoginThrottle
 from db.migrate import migrate_when_ready
 from shared.pg import create_pool
@@ -29,7 +30,13 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = await create_pool(settings.database_uri, min_size=settings.db_pool_min,
                                   max_size=settings.db_pool_max,
                                   connect_timeout=settings.db_timeout)
+    listener = RevocationListener(settings.database_uri, app[SESSIONS].cache,
+                                  timeout=settings.db_timeout)
+    listening = asyncio.create_task(listener.run(), name="session-listener")
     yield
+    listening.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listening
     await app[POOL].close()
 
 
@@ -42,6 +49,8 @@ async def _passwords(app: web.Application) -> AsyncIterator[None]:
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/user/register", users.register)
     app.router.add_post("/api/user/login", users.login)
+    app.router.add_post("/api/user/logout", users.logout)
+    app.router.add_post("/api/user/password", users.change_password)
     app.router.add_post("/api/user/orders", orders.upload)
     app.router.add_get("/api/user/orders", orders.list_orders, allow_head=False)
     app.router.add_get("/api/user/balance", balance.get_balance, allow_head=False)
@@ -57,16 +66,16 @@ def add_routes(app: web.Application) -> None:
 def create_app(settings: ApiSettings) -> web.Application:
     if not settings.database_uri:
         raise SystemExit("DATABASE_URI (-d) is required")
-    storage = create_storage(settings.session_secret, settings.session_ttl,
-                             settings.cookie_secure)
     # A registry per app: tests create many apps in one process.
     metrics = ApiMetrics()
     app = web.Application(
-        middlewares=[metrics.middleware(), errors_and_access_log, session_middleware(storage)],
+        middlewares=[metrics.middleware(), errors_and_access_log],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[SESSIONS] = Sessions(settings.session_secret, settings.session_ttl,
+                             settings.session_cache_ttl, cookie_secure=settings.cookie_secure)
     app[THROTTLE] = LoginThrottle(settings.login_max_failures, settings.login_window)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_passwords)

@@ -62,6 +62,14 @@ async def read_credentials(request: web.Request) -> tuple[str, str]:
     return login, password
 
 
+async def read_password_change(request: web.Request) -> tuple[str, str]:
+    """(current, new) from ``{"old_password": …, "new_password": …}``."""
+    data = await read_json_object(request)
+    old = _text_field(data, "old_password", limit=MAX_PASSWORD)
+    new = _text_field(data, "new_password", limit=MAX_PASSWORD)
+    return old, new
+
+
 def checked_order_number(value: str) -> str:
     if not is_order_number(value):
         if len(value) > MAX_ORDER_DIGITS:

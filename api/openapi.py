@@ -55,7 +55,9 @@ def _error(description: str, example: str) -> dict[str, Any]:
 _RESPONSES: dict[str, Any] = {
     "BadRequest": _error("Malformed request: unreadable JSON, missing or empty fields, "
                          "wrong types.", "missing field 'login'"),
-    "Unauthorized": _error("Not authenticated: no valid session cookie or bearer token.",
+    "Unauthorized": _error("Not authenticated: no valid session cookie or bearer token "
+                           "(missing, forged, expired, logged out, or ended by a password "
+                           "change).",
                            "authentication required"),
     "PayloadTooLarge": _error("The body is larger than the configured MAX_BODY_BYTES.",
                               "Request Entity Too Large"),
@@ -85,6 +87,12 @@ _AUTHENTICATED_HEADERS = {
     "Authorization": {"description": "`Bearer <token>`: send this exact value back in the "
                                      "Authorization request header.",
                       "schema": {"type": "string", "pattern": "^Bearer .+$"}},
+}
+
+_CLEARED_COOKIE = {
+    "Set-Cookie": {"description": f"`{COOKIE_NAME}=\"\"; Max-Age=0; Path=/; …`: the "
+                                  "browser drops the cookie.",
+                   "schema": {"type": "string"}},
 }
 
 _CREDENTIALS_BODY = {
@@ -154,6 +162,50 @@ _PATHS: dict[str, Any] = {
             "429": _ok("Too many failed logins for this login or client address "
                        "(LOGIN_MAX_FAILURES per LOGIN_WINDOW).", "Error",
                        {"error": "too many failed logins; try again later"},
+                       {"Retry-After": _ref("headers", "RetryAfter")}),
+            **_COMMON,
+        },
+    }},
+    "/api/user/logout": {"post": {
+        "tags": ["users"],
+        "summary": "Log out: end the session this request authenticates with",
+        "description": "Ends the calling token (cookie or bearer) for every API process "
+                       "and replica, and clears the cookie. Other sessions of the same "
+                       "customer (other devices) stay valid. No body is needed; one sent "
+                       "is ignored. Calling it again with the same token answers 401.",
+        "operationId": "logout",
+        "security": _SECURED,
+        "responses": {
+            "200": _ok("Logged out; the response also clears the cookie.", "Status",
+                       {"status": "logged out"}, _CLEARED_COOKIE),
+            **_AUTH, **_COMMON,
+        },
+    }},
+    "/api/user/password": {"post": {
+        "tags": ["users"],
+        "summary": "Change the password and end every session",
+        "description": "Checks `old_password`, stores `new_password`, and ends every token "
+                       "of the customer at once, including the one this request used; the "
+                       "answer carries a fresh token (cookie and Authorization header) for "
+                       "the caller to continue with. Wrong current passwords count towards "
+                       "the login throttle (LOGIN_MAX_FAILURES per LOGIN_WINDOW). Of two "
+                       "concurrent changes with the same token, one succeeds and the other "
+                       "answers 401.",
+        "operationId": "changePassword",
+        "security": _SECURED,
+        "requestBody": {"required": True, "content": {JSON: {
+            "schema": _schema("PasswordChange"),
+            "example": {"old_password": "correct horse", "new_password": "battery staple"},
+        }}},
+        "responses": {
+            "200": _ok("Changed; every earlier token has ended; here is a new one.",
+                       "Status", {"status": "password changed"}, _AUTHENTICATED_HEADERS),
+            **_WITH_BODY, **_AUTH,
+            "403": _error("`old_password` is not the current password; nothing changed.",
+                          "the current password is wrong"),
+            "429": _ok("Too many wrong current passwords for this customer or client "
+                       "address.", "Error", {"error": "too many wrong passwords; try again "
+                                                      "later"},
                        {"Retry-After": _ref("headers", "RetryAfter")}),
             **_COMMON,
         },
@@ -310,6 +362,14 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["password"],
         "anyOf": [{"required": ["login"]}, {"required": ["username"]}],
     },
+    "PasswordChange": {
+        "type": "object",
+        "required": ["old_password", "new_password"],
+        "properties": {
+            "old_password": {"type": "string", "minLength": 1, "maxLength": MAX_PASSWORD},
+            "new_password": {"type": "string", "minLength": 1, "maxLength": MAX_PASSWORD},
+        },
+    },
     "OrderNumber": _ORDER_NUMBER,
     "Money": {"type": "number", "multipleOf": 0.01, "minimum": 0,
               "description": _MONEY_DESCRIPTION, "examples": [729.98]},
@@ -370,7 +430,9 @@ shop orders, receive points once the accrual system has computed the reward, and
 spend points on later orders.
 
 * Register and login answer with a session cookie **and** an `Authorization: Bearer`
-  header; every protected endpoint accepts either.
+  header; every protected endpoint accepts either. A token ends when it expires
+  (SESSION_TTL), at `POST /api/user/logout` (that token only), or when the password
+  changes (every token of the customer).
 * Money is a JSON number with at most two decimals; order numbers are strings of
   digits; times are RFC 3339 with an offset.
 * Errors are `{"error": "<reason>"}`. Every response carries `X-Request-ID` (a

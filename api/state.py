@@ -4,6 +4,7 @@ import asyncpg
 from aiohttp import web
 
 from api.passwords import Passwords
+from api.sessions import Sessions
 from api.throttle import LoginThrottle
 from shared.settings import ApiSettings
 
@@ -11,3 +12,4 @@ SETTINGS = web.AppKey("settings", ApiSettings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 PASSWORDS = web.AppKey("passwords", Passwords)
 THROTTLE = web.AppKey("throttle", LoginThrottle)
+SESSIONS = web.AppKey("sessions", Sessions)

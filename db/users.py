@@ -13,7 +13,10 @@ WITH new_user AS (
 SELECT id FROM new_user
 """
 
-_CREDENTIALS = "SELECT id, password_hash FROM users WHERE login = $1"
+# The session generation is read with the hash it belongs to: a login that
+# verified a password being changed at that moment gets a token the change
+# has already ended.
+_CREDENTIALS = "SELECT id, password_hash, session_generation FROM users WHERE login = $1"
 
 
 async def register(pool: asyncpg.Pool, login: str, password_hash: str) -> int | None:
@@ -22,7 +25,8 @@ async def register(pool: asyncpg.Pool, login: str, password_hash: str) -> int | 
     return user_id
 
 
-async def credentials(pool: asyncpg.Pool, login: str) -> tuple[int, str] | None:
-    """(user id, password hash) for a login, or None."""
+async def credentials(pool: asyncpg.Pool, login: str) -> tuple[int, str, int] | None:
+    """(user id, password hash, session generation) for a login, or None."""
     row = await pool.fetchrow(_CREDENTIALS, login)
-    return None if row is None else (row["id"], row["password_hash"])
+    return None if row is None else (row["id"], row["password_hash"],
+                                     row["session_generation"])

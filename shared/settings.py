@@ -133,6 +133,10 @@ class ApiSettings(CommonSettings):
         help="secret that signs and encrypts session cookies and tokens "
              "(any string; random per start when unset)")
     session_ttl: int = setting(86400, "SESSION_TTL", help="seconds a login stays valid")
+    session_cache_ttl: float = setting(
+        5.0, "SESSION_CACHE_TTL",
+        help="seconds a verified token is trusted without the database (0 = check every "
+             "request); bounds how long a revoked token can outlive a lost notification")
     cookie_secure: bool = setting(
         False, "COOKIE_SECURE", help="mark the session cookie Secure (behind HTTPS)")
     max_body_bytes: int = setting(

@@ -30,8 +30,8 @@ _counter = itertools.count()
 
 
 # Passwords and secrets the suite uses: none may ever reach a log line.
-NEVER_LOGGED = ("secret-pass", "plain-text-password", "password1", "test-session-secret",
-                "e2e-secret", "$argon2id$")
+NEVER_LOGGED = ("secret-pass", "stolen-pass", "plain-text-password", "password1",
+                "test-session-secret", "e2e-secret", "$argon2id$")
 
 
 @pytest.fixture(scope="session", autouse=True)

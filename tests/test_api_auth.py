@@ -12,8 +12,9 @@ from aiohttp.test_utils import TestClient
 from cryptography.fernet import Fernet
 
 from api.app import create_app
-from api.auth import COOKIE_NAME, fernet_key
+from api.auth import COOKIE_NAME
 from api.passwords import MEMORY_COST_KIB, PARALLELISM, TIME_COST, Passwords
+from api.sessions import fernet_key
 from api.throttle import SWEEP_ABOVE, LoginThrottle
 from shared.settings import ApiSettings
 from tests.conftest import SECRET, register
@@ -25,6 +26,8 @@ PROTECTED = [
     ("POST", "/api/user/balance/withdraw"),
     ("GET", "/api/user/withdrawals"),
     ("GET", "/api/user/balance/withdrawals"),
+    ("POST", "/api/user/logout"),
+    ("POST", "/api/user/password"),
 ]
 
 
@@ -121,27 +124,63 @@ async def test_tampered_token_and_cookie_are_401(client: TestClient) -> None:
                              headers={"Authorization": token})).status == 401  # no "Bearer "
 
 
+def _sealed(secret: str, payload: object, at: int | None = None) -> str:
+    """A token sealed by hand, the way the server seals them."""
+    fernet = Fernet(base64.urlsafe_b64encode(fernet_key(secret)))
+    at = int(time.time()) if at is None else at
+    return fernet.encrypt_at_time(json.dumps(payload).encode(), at).decode()
+
+
+def _claims(user_id: int = 1, *, exp: int | None = None, **extra: object) -> dict[str, object]:
+    return {"uid": user_id, "gen": 0, "exp": exp or int(time.time()) + 3600,
+            "sid": base64.urlsafe_b64encode(b"s" * 16).decode(), **extra}
+
+
+async def _status(client: TestClient, token: str) -> int:
+    response = await client.get("/api/user/balance", headers={"Authorization": f"Bearer {token}"})
+    return response.status
+
+
 async def test_token_sealed_with_another_secret_is_401(client: TestClient) -> None:
     await register(client, "grace")
     client.session.cookie_jar.clear()
-    payload = json.dumps({"created": int(time.time()), "session": {"uid": 1}}).encode()
-    foreign = Fernet(base64.urlsafe_b64encode(fernet_key("another secret"))).encrypt(payload)
-    response = await client.get("/api/user/balance",
-                                headers={"Authorization": f"Bearer {foreign.decode()}"})
-    assert response.status == 401
+    assert await _status(client, _sealed(SECRET, _claims())) == 200
+    assert await _status(client, _sealed("another secret", _claims())) == 401
 
 
 async def test_expired_token_is_401(client: TestClient) -> None:
     await register(client, "heidi")
     client.session.cookie_jar.clear()
-    fernet = Fernet(base64.urlsafe_b64encode(fernet_key(SECRET)))
-    payload = json.dumps({"created": int(time.time()), "session": {"uid": 1}}).encode()
-    fresh = fernet.encrypt(payload).decode()
-    stale = fernet.encrypt_at_time(payload, int(time.time()) - 2 * 86400).decode()
-    assert (await client.get("/api/user/balance",
-                             headers={"Authorization": f"Bearer {fresh}"})).status == 200
-    assert (await client.get("/api/user/balance",
-                             headers={"Authorization": f"Bearer {stale}"})).status == 401
+    two_days_ago = int(time.time()) - 2 * 86400
+    assert await _status(client, _sealed(SECRET, _claims())) == 200
+    # Past SESSION_TTL since sealing, or past the expiry fixed at issue (a later,
+    # longer SESSION_TTL must not revive a token).
+    assert await _status(client, _sealed(SECRET, _claims(), at=two_days_ago)) == 401
+    assert await _status(client, _sealed(SECRET, _claims(exp=int(time.time()) - 1))) == 401
+
+
+@pytest.mark.parametrize("payload", [
+    {"created": 0, "session": {"uid": 1}},  # the format of the earlier build
+    _claims(sid=base64.urlsafe_b64encode(b"short").decode()),
+    _claims(uid="1"),
+    _claims(gen=True),
+    _claims(gen=1),  # a generation the user never had
+    _claims(user_id=999),  # no such user
+    [1, 2, 3],
+])
+async def test_sealed_but_wrong_claims_are_401(client: TestClient, payload: object) -> None:
+    await register(client, "ines")
+    client.session.cookie_jar.clear()
+    assert await _status(client, _sealed(SECRET, payload)) == 401
+
+
+async def test_junk_tokens_are_401_not_500(client: TestClient) -> None:
+    await register(client, "jack")
+    client.session.cookie_jar.clear()
+    for junk in ("é" * 40, "A" * 1000, "gAAAAA", "==", _sealed(SECRET, _claims()) + "é"):
+        assert await _status(client, junk) == 401, junk[:20]
+        response = await client.get("/api/user/balance", cookies={COOKIE_NAME: junk})
+        assert response.status == 401
 
 
 async def test_other_users_token_sees_only_its_own_data(client: TestClient) -> None:

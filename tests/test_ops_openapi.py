@@ -205,7 +205,7 @@ def test_auth_schemes_are_cookie_and_bearer() -> None:
     assert schemes["bearerAuth"]["scheme"] == "bearer"
     protected = [op for (path, _), op in documented_operations().items()
                  if path.startswith("/api/user/") and not path.endswith(("/register", "/login"))]
-    assert len(protected) == 6
+    assert len(protected) == 8  # six of the contract, logout and password change
     assert all(op["security"] == [{"cookieAuth": []}, {"bearerAuth": []}] for op in protected)
 
 
@@ -341,6 +341,18 @@ async def test_real_responses_conform_to_the_document(
     assert balance == {"current": Decimal("629.48"), "withdrawn": Decimal("100.5")}
     await check(client, "GET", "/api/user/withdrawals", 200, headers=auth)
     await check(client, "GET", "/api/user/balance/withdrawals", 200, headers=auth)
+    await check(client, "POST", "/api/user/password", 400, json={"old_password": "x"},
+                headers=auth)
+    await check(client, "POST", "/api/user/password", 403,
+                json={"old_password": "wrong", "new_password": "new-secret-pass"}, headers=auth)
+    await check(client, "POST", "/api/user/password", 200,
+                json={"old_password": "secret-pass", "new_password": "new-secret-pass"},
+                headers=auth)
+    await check(client, "POST", "/api/user/logout", 401, headers=auth)  # ended by the change
+    fresh = await client.post("/api/user/login", json={"login": "alice",
+                                                      "password": "new-secret-pass"})
+    fresh_auth = {"Authorization": fresh.headers["Authorization"]}
+    await check(client, "POST", "/api/user/logout", 200, headers=fresh_auth)
     await check(client, "GET", "/healthz", 200)
     await check(client, "GET", "/readyz", 200)
 
