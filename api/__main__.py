@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 
 from api.app import create_app
+from db.migrate import SchemaTooNew
 from shared import logs
 from shared.settings import ApiSettings, load, split_host_port
 
@@ -31,8 +32,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = create_app(settings)
     log.info("starting", address=f"{host}:{port}")
     # run_app handles SIGINT and SIGTERM with a graceful shutdown.
-    web.run_app(app, host=host, port=port, access_log=None, print=None,
-                shutdown_timeout=5, loop=_event_loop())
+    try:
+        web.run_app(app, host=host, port=port, access_log=None, print=None,
+                    shutdown_timeout=5, loop=_event_loop())
+    except SchemaTooNew as exc:
+        log.error("refusing to start", reason=str(exc))
+        sys.exit(f"gophermart-api: {exc}")
 
 
 if __name__ == "__main__":

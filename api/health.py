@@ -7,14 +7,14 @@ from prometheus_client.metrics_core import Metric
 
 from api.metrics import METRICS, orders_by_status
 from api.state import POOL
-from db.migrate import pending
+from db.migrate import schema_problem
 from shared import ops
 
 
 def add_ops_routes(app: web.Application) -> None:
     # The pool is looked up per request: it exists only once the app has started.
     async def ready() -> str | None:
-        return await ops.database_ready(app[POOL], pending)
+        return await ops.database_ready(app[POOL], schema_problem)
 
     async def scrape() -> Iterable[Metric]:
         return await orders_by_status(app[POOL])

@@ -295,7 +295,8 @@ _PATHS: dict[str, Any] = {
     }},
     "/readyz": {"get": {
         "tags": ["operations"],
-        "summary": "Readiness: PostgreSQL answers and no migration is pending",
+        "summary": "Readiness: PostgreSQL answers and the schema is exactly this build's "
+                   "(no migration pending, none newer)",
         "operationId": "readyz",
         "responses": {
             "200": _ok("Ready for traffic.", "Readiness", {"status": "ready"}),

@@ -1,5 +1,10 @@
 """Schema migrations: numbered SQL files under db/migrations, applied in order.
 
+A build refuses a database that holds a migration it does not ship (a newer
+build migrated it): ``migrate`` raises ``SchemaTooNew`` before changing
+anything, so a process never starts writing through a schema it does not
+know, and ``schema_problem`` lets ``/readyz`` report one that appears later.
+
 The runner holds a PostgreSQL advisory lock for the whole run, so several
 replicas starting at the same moment apply each file exactly once: the
 first takes the lock and migrates, the others wait and then find nothing
@@ -23,6 +28,10 @@ log = structlog.get_logger(__name__)
 # Any constant unique to Gophermart: the advisory lock key space is per database.
 _LOCK_KEY = 0x60F3E4A7
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+class SchemaTooNew(RuntimeError):
+    """The database holds migrations this build does not know."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,35 @@ async def pending(conn: asyncpg.Connection) -> list[Migration]:
     return [m for m in available() if m.version not in done]
 
 
+async def unknown(conn: asyncpg.Connection) -> list[str]:
+    """Names of applied migrations this build does not ship, in version order."""
+    known = {m.version for m in available()}
+    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL",
+                                 f"{SCHEMA}.schema_migrations")
+    if not exists:
+        return []
+    rows = await conn.fetch(
+        f"SELECT version, name FROM {SCHEMA}.schema_migrations ORDER BY version")
+    return [row["name"] for row in rows if row["version"] not in known]
+
+
+def too_new_message(names: list[str]) -> str:
+    latest = available()[-1].name if available() else "none"
+    return (f"the database schema is newer than this build: it holds {', '.join(names)}, "
+            f"which this build does not know (its latest is {latest}); run the newer build")
+
+
+async def schema_problem(conn: asyncpg.Connection) -> str | None:
+    """Why this build cannot use the schema (too new, or migrations pending), or None."""
+    names = await unknown(conn)
+    if names:
+        return too_new_message(names)
+    missing = await pending(conn)
+    if missing:
+        return "pending migrations: " + ", ".join(m.name for m in missing)
+    return None
+
+
 async def migrate(dsn: str) -> list[str]:
     """Apply what is missing; return the names of the files applied."""
     conn = await asyncpg.connect(dsn)
@@ -72,6 +110,9 @@ async def migrate(dsn: str) -> list[str]:
                 " version integer PRIMARY KEY, name text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
+            names = await unknown(conn)
+            if names:
+                raise SchemaTooNew(too_new_message(names))
             applied = []
             for migration in await pending(conn):
                 async with conn.transaction():

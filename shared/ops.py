@@ -3,7 +3,7 @@
 The API mounts these routes on its own application; the worker serves them
 on a tiny application of their own (``ops_app`` + ``start_ops_server``):
 
-    app = ops_app(ready=lambda: database_ready(pool, migrate.pending),
+    app = ops_app(ready=lambda: database_ready(pool, migrate.schema_problem),
                   registry=metrics.registry)
     runner = await start_ops_server(app, settings.health_address)
     ...
@@ -11,8 +11,8 @@ on a tiny application of their own (``ops_app`` + ``start_ops_server``):
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Protocol, cast
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import cast
 
 import asyncpg
 from aiohttp import web
@@ -36,33 +36,27 @@ ReadyCheck = Callable[[], Awaitable[str | None]]
 ScrapeHook = Callable[[], Awaitable[Iterable[Metric]]]
 
 
-class _Named(Protocol):
-    @property
-    def name(self) -> str: ...
-
-
-PendingMigrations = Callable[[asyncpg.Connection], Awaitable[Sequence[_Named]]]
+# Why the schema is not usable by this build (pending or unknown migrations), or None.
+SchemaCheck = Callable[[asyncpg.Connection], Awaitable[str | None]]
 
 # What a database that is down, restarting or unreachable raises.
 _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-async def database_ready(pool: asyncpg.Pool, pending: PendingMigrations) -> str | None:
-    """Ready when PostgreSQL answers and the schema is fully migrated.
+async def database_ready(pool: asyncpg.Pool, schema_problem: SchemaCheck) -> str | None:
+    """Ready when PostgreSQL answers and the schema is exactly what this build knows.
 
-    ``pending`` is ``db.migrate.pending``, passed in because ``shared`` imports
-    nothing of ``db``.
+    ``schema_problem`` is ``db.migrate.schema_problem``, passed in because
+    ``shared`` imports nothing of ``db``.
     """
     try:
         async with pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
             # The pool's proxy forwards every Connection method.
-            missing = await pending(cast(asyncpg.Connection, conn))
+            problem = await schema_problem(cast(asyncpg.Connection, conn))
     except _DATABASE_ERRORS as exc:
         return f"database unavailable: {type(exc).__name__}: {exc}"
-    if missing:
-        return "pending migrations: " + ", ".join(m.name for m in missing)
-    return None
+    return problem
 
 
 def _json(payload: object, status: int) -> web.Response:

@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from api.state import POOL
-from db.migrate import available, pending
+from db.migrate import available, schema_problem
 from shared.metrics import new_registry
 from shared.ops import ReadyCheck, database_ready, ops_app, ops_routes
 
@@ -36,6 +36,18 @@ async def test_readyz_is_503_with_a_pending_migration(client: TestClient,
     assert body["error"] == f"pending migrations: {latest.name}"
 
 
+async def test_readyz_is_503_once_a_newer_build_migrates_the_database(
+        client: TestClient, pool: asyncpg.Pool) -> None:
+    assert (await client.get("/readyz")).status == 200
+    await pool.execute(
+        "INSERT INTO schema_migrations (version, name) VALUES (9999, '9999_next.sql')")
+    response = await client.get("/readyz")
+    assert response.status == 503
+    error = (await response.json())["error"]
+    assert error.startswith("the database schema is newer than this build: it holds "
+                            "9999_next.sql"), error
+
+
 async def test_readyz_is_503_when_the_database_is_unreachable(client: TestClient) -> None:
     await client.app[POOL].close()
     response = await client.get("/readyz")
@@ -48,10 +60,10 @@ async def test_readyz_is_503_when_the_database_is_unreachable(client: TestClient
 
 async def test_database_ready_reports_none_when_ready_and_a_reason_when_not(
         pool: asyncpg.Pool, database_uri: str) -> None:
-    assert await database_ready(pool, pending) is None
+    assert await database_ready(pool, schema_problem) is None
     closed = await asyncpg.create_pool(database_uri, min_size=1, max_size=1)
     await closed.close()
-    reason = await database_ready(closed, pending)
+    reason = await database_ready(closed, schema_problem)
     assert reason is not None and reason.startswith("database unavailable: InterfaceError")
 
 

@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from db import queue
-from db.migrate import migrate_when_ready, pending
+from db.migrate import SchemaTooNew, migrate_when_ready, schema_problem
 from shared.logs import configure
 from shared.ops import database_ready, ops_app, start_ops_server
 from shared.pg import create_pool
@@ -74,7 +74,7 @@ async def _start_ops(settings: WorkerSettings, pool: asyncpg.Pool,
     """/healthz, /readyz and /metrics on WORKER_HEALTH_ADDRESS, when it is set."""
     if not settings.health_address:
         return None
-    app = ops_app(ready=lambda: database_ready(pool, pending), registry=stats.registry)
+    app = ops_app(ready=lambda: database_ready(pool, schema_problem), registry=stats.registry)
     runner = await start_ops_server(app, settings.health_address)
     log.info("ops endpoints listening", address=settings.health_address)
     return runner
@@ -128,7 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     with runner:
-        runner.run(serve(settings))
+        try:
+            runner.run(serve(settings))
+        except SchemaTooNew as exc:
+            log.error("refusing to start", reason=str(exc))
+            raise SystemExit(f"gophermart-worker: {exc}") from None
     return 0
 
 
