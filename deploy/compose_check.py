@@ -249,12 +249,17 @@ def check_image(report: Report) -> None:
 
 
 def check_users(stack: Stack, report: Report) -> None:
-    for name in stack.containers():
+    """No process of any container is root; ours run on a read-only root filesystem."""
+    for name, service in stack.containers().items():
         top = run(["docker", "top", name, "-eo", "uid,pid,comm"]).stdout.splitlines()[1:]
         uids = sorted({int(line.split()[0]) for line in top if line.strip()})
         report.users[name] = uids
         if not uids or 0 in uids:
             raise CheckFailed(f"{name} runs a process as root: {top}")
+        read_only = run(["docker", "inspect", "-f", "{{.HostConfig.ReadonlyRootfs}}",
+                         name]).stdout.strip() == "true"
+        if service in APP_SERVICES and not read_only:
+            raise CheckFailed(f"{name} runs with a writable root filesystem")
 
 
 def check_json_logs(stack: Stack, report: Report) -> None:
