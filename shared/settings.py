@@ -192,7 +192,7 @@ class StackSettings(ApiSettings, WorkerSettings):
     """
 
     data_dir: str = setting(".data", "GOPHERMART_DATA_DIR",
-                            help="where the local PostgreSQL keeps its files")
+                            help="where the local PostgreSQL keeps its cluster and password")
     local_pg_port: int = setting(15432, "GOPHERMART_LOCAL_PG_PORT",
                                  help="port of the local PostgreSQL")
     simulator_address: str = setting(
