@@ -138,7 +138,15 @@ class LocalPostgres:
             return None  # stale: the server starts over it by itself
         except PermissionError:
             pass  # alive, another user's
+        with contextlib.suppress(OSError):  # Linux: is that pid still a postgres at all?
+            if not Path(f"/proc/{pid}/comm").read_text().startswith("postgres"):
+                return None  # the pid was reused by an unrelated process
         return pid
+
+    def forget_stale_pid_file(self) -> None:
+        """Remove a postmaster.pid no live server owns (the server would refuse a reused pid)."""
+        if self.pid_file.exists() and self.running_pid() is None:
+            self.pid_file.unlink(missing_ok=True)
 
     def _cmd(self, *args: str) -> list[str]:
         if self._run_as:
@@ -268,7 +276,11 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _read_private(path: Path) -> str:
-    mode = path.stat().st_mode
+    info = path.stat()
+    mode = info.st_mode
+    if info.st_uid != os.geteuid():
+        raise LocalPostgresError(f"{path} belongs to another user (uid {info.st_uid}); "
+                                 "it cannot be trusted")
     if mode & 0o077:
         raise LocalPostgresError(
             f"{path} is readable by others (mode {mode & 0o777:o}); "

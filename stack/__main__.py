@@ -159,6 +159,10 @@ def _local_postgres(settings: StackSettings) -> Iterator[tuple[str, Child]]:
     """The private cluster under --data-dir, run as our child: (DSN, child)."""
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    owner = data_dir.stat().st_uid
+    if owner != os.geteuid():
+        raise StackError(f"{data_dir} belongs to another user (uid {owner}): a cluster and "
+                         "a password there cannot be trusted; choose another --data-dir")
     # Private; as root the server runs as another user, which must pass through.
     data_dir.chmod(0o711 if os.geteuid() == 0 else 0o700)
     with _data_dir_lock(data_dir):
@@ -170,6 +174,7 @@ def _local_postgres(settings: StackSettings) -> Iterator[tuple[str, Child]]:
                 f"a PostgreSQL server (pid {pid}) is still running on {server.datadir}, "
                 f"started by something other than a live gophermart; stop it (pg_ctl -D "
                 f"{server.datadir} stop, as its user) and start again")
+        server.forget_stale_pid_file()  # left by a server that died with its machine
         _require_free(server.port, "127.0.0.1", "GOPHERMART_LOCAL_PG_PORT")
         log.warning("DATABASE_URI is not set: starting a local PostgreSQL",
                     data_dir=str(server.root), port=server.port,

@@ -121,10 +121,16 @@ async def test_kill_9_of_the_runner_takes_every_child_down_and_the_next_run_star
                      context=lambda: str({n: _alive(p) for n, p in children.items()}))
     assert all(port_is_free(p) for p in (ports.api, ports.pg, ports.sim))
 
+    # A postmaster.pid left behind whose pid now belongs to an unrelated live
+    # process (as after a power cut) does not stop the next run.
+    (data / "postgres" / "pgdata" / "postmaster.pid").write_text(f"{os.getpid()}\n")
     second = _runner("gophermart-2", data, ports, log_dir)
     runners.append(second)
     assert await _login(ports.api, "survivor") == 200  # same cluster, data kept
     assert second.stop(signal.SIGINT, timeout=30) == 0, second.log()[-3000:]
+    password = (data / "postgres.password").read_text().strip()
+    for path in log_dir.glob("*.log"):
+        assert password not in path.read_text(errors="replace"), path
 
 
 async def test_sighup_stops_cleanly_and_another_instance_is_refused_in_one_line(
@@ -202,6 +208,20 @@ async def test_another_local_user_can_neither_connect_nor_read_the_password(
         subprocess.run, [*as_other, "cat", str(data / "postgres.password")],
         capture_output=True, text=True)
     assert read.returncode != 0 and "Permission denied" in read.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a directory as another user")
+async def test_a_data_dir_owned_by_another_user_is_refused_in_one_line(
+        log_dir: Path, ports: Ports, runners: list[Service]) -> None:
+    data = log_dir / "planted"
+    data.mkdir()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    runner = _runner("gophermart-planted", data, ports, log_dir, wait=False)
+    runners.append(runner)
+    refusal = _one_line_refusal(runner)
+    assert refusal.startswith(f"gophermart: {data} belongs to another user"), refusal
+    assert not (data / "postgres").exists()
 
 
 async def test_a_postgresql_left_running_on_the_data_dir_is_reported_in_one_line(
