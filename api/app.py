@@ -9,12 +9,13 @@ from aiohttp import web
 
 from api import balance, orders, users
 from api.health import add_ops_routes
+from api.listgate import StreamGate
 from api.metrics import METRICS, ApiMetrics
 from api.middleware import errors_and_access_log
 from api.openapi import add_docs_routes
 from api.passwords import Passwords
 from api.sessions import RevocationListener, Sessions
-from api.state import PASSWORDS, POOL, SESSIONS, SETTINGS, THROTTLE
+from api.state import LIST_GATE, PASSWORDS, POOL, SESSIONS, SETTINGS, THROTTLE
 from api.throttle import LoginThrottle
 from db.migrate import migrate_when_ready
 from shared.pg import create_pool
@@ -77,6 +78,9 @@ def create_app(settings: ApiSettings) -> web.Application:
     app[SESSIONS] = Sessions(settings.session_secret, settings.session_ttl,
                              settings.session_cache_ttl, cookie_secure=settings.cookie_secure)
     app[THROTTLE] = LoginThrottle(settings.login_max_failures, settings.login_window)
+    # Each long list holds at most one connection at a time: half the pool
+    # always stays for everything else.
+    app[LIST_GATE] = StreamGate(settings.list_concurrency, settings.db_pool_max // 2)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_passwords)
     add_routes(app)

@@ -5,7 +5,8 @@ from aiohttp import web
 
 from api.auth import login_required
 from api.bodies import read_withdrawal
-from api.errors import ApiError, empty_response, json_response
+from api.errors import ApiError, json_response
+from api.lists import respond
 from api.state import POOL
 from db import balance
 from db.balance import Withdrawal
@@ -31,5 +32,4 @@ async def withdraw(request: web.Request, user_id: int) -> web.StreamResponse:
 
 @login_required
 async def list_withdrawals(request: web.Request, user_id: int) -> web.StreamResponse:
-    found = await balance.withdrawals(request.app[POOL], user_id)
-    return json_response(found) if found else empty_response(204)
+    return await respond(request, user_id, balance.WITHDRAWALS)

@@ -6,6 +6,22 @@ from aiohttp import web
 
 from shared.jsonio import dumps
 
+# nginx's status for "the client closed the connection before the answer".
+CLIENT_GONE = 499
+
+
+class ClientGone(Exception):
+    """The client hung up or stopped reading; ``response`` is what was started."""
+
+    def __init__(self, response: web.StreamResponse | None = None) -> None:
+        super().__init__("client gone")
+        self.response = response
+
+
+def client_gone(request: web.BaseRequest) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
 
 class ApiError(Exception):
     """Raise from a handler to answer ``status`` with a JSON reason."""

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from api.errors import CLIENT_GONE, client_gone
 from db import orders
 from shared.metrics import LATENCY_BUCKETS, ORDER_STATUSES, new_registry
 
@@ -107,7 +108,8 @@ class ApiMetrics:
             except Exception:
                 self._record(request, 500, started)
                 raise
-            self._record(request, response.status, started)
+            self._record(request, CLIENT_GONE if client_gone(request) else response.status,
+                         started)
             return response
 
         return measure

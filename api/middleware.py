@@ -10,7 +10,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from api.errors import ApiError, error_response
+from api.errors import CLIENT_GONE, ApiError, ClientGone, client_gone, error_response
 
 log = structlog.get_logger("api.access")
 
@@ -45,6 +45,9 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
         response = await handler(request)
+    except ClientGone as exc:
+        # Nobody to answer: hand back what was started, for aiohttp to close.
+        response = exc.response if exc.response is not None else web.Response()
     except ApiError as exc:
         response = error_response(exc.status, exc.reason, exc.headers)
     except web.HTTPException as exc:
@@ -59,11 +62,19 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
     except Exception:
         log.exception("unhandled error")
         response = error_response(500, f"internal error (request id {request_id})")
-    response.headers["X-Request-ID"] = request_id
-    _maybe_compress(request, response)
-    log.info("request", method=request.method, path=request.path, status=response.status,
+    if not response.prepared:  # a streamed answer set its headers itself
+        response.headers["X-Request-ID"] = request_id
+        _maybe_compress(request, response)
+    # An answer nobody will receive is not logged as delivered.
+    status = CLIENT_GONE if client_gone(request) else response.status
+    log.info("request", method=request.method, path=request.path, status=status,
              latency_ms=round((time.perf_counter() - started) * 1000, 2))
     return response
+
+
+def request_id() -> str:
+    """The current request's id (for answers that send their headers early)."""
+    return str(structlog.contextvars.get_contextvars().get("request_id", ""))
 
 
 def _kept_headers(exc: web.HTTPException) -> dict[str, str]:

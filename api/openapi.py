@@ -67,7 +67,9 @@ _RESPONSES: dict[str, Any] = {
     "InternalError": _error("Internal error; the reason names the request id to report.",
                             "internal error (request id 6f1c0e9d2c2b4f0e8a3c1d2e3f4a5b6c)"),
     "DatabaseUnavailable": _ok(
-        "The database is unreachable right now; retry after the given seconds.",
+        "The database is unreachable right now, or the server is shedding load (every "
+        "connection busy past DB_ACQUIRE_TIMEOUT, or too many long lists being sent); "
+        "retry after the given seconds.",
         "Error", {"error": "service temporarily unavailable"},
         {"Retry-After": _ref("headers", "RetryAfter")}),
 }
@@ -117,21 +119,55 @@ _WITHDRAWALS_EXAMPLE = [
 ]
 
 
+_LIST_DESCRIPTION = """\
+The whole list by default, newest first, up to LIST_MAX_ITEMS items (100,000 unless
+configured). When more items follow, the answer carries `Link: <…?after=CURSOR>;
+rel="next"`: request that address for the next part. `limit` asks for fewer items per
+answer. A list longer than 1,000 items is streamed (chunked); one customer may have at
+most LIST_CONCURRENCY such lists in flight at a time (429 beyond) and each process
+streams a bounded number at once (503 beyond)."""
+
+_LIST_PARAMETERS = [
+    {"name": "limit", "in": "query", "required": False,
+     "description": "Most items to answer (default and maximum: LIST_MAX_ITEMS).",
+     "schema": {"type": "integer", "minimum": 1}},
+    {"name": "after", "in": "query", "required": False,
+     "description": "Continue after this cursor, taken from a `Link: rel=\"next\"` header.",
+     "schema": {"type": "string", "pattern": "^-?[0-9]{1,17}_[0-9]{1,19}$"}},
+]
+_NEXT_LINK = {"Link": {"description": "`<address of the next part>; rel=\"next\"` when "
+                                      "more items follow.",
+                       "schema": {"type": "string"}}}
+_LIST_RESPONSES = {
+    "204": _NO_CONTENT,
+    "400": _error("`limit` or `after` is not one this list accepts.",
+                  "limit must be a whole number from 1 to 100000"),
+    **_AUTH,
+    "429": _ok("This customer already has LIST_CONCURRENCY long lists in flight.",
+               "Error", {"error": "too many long lists in flight for this account; retry "
+                                  "when one has finished"},
+               {"Retry-After": _ref("headers", "RetryAfter")}),
+    **_COMMON,
+}
+
+
 def _withdrawals_op(operation_id: str, deprecated: bool = False) -> dict[str, Any]:
     op: dict[str, Any] = {
         "tags": ["balance"],
         "summary": "List the user's withdrawals, newest first",
+        "description": _LIST_DESCRIPTION,
         "operationId": operation_id,
         "security": _SECURED,
+        "parameters": _LIST_PARAMETERS,
         "responses": {
-            "200": _ok("The withdrawals.", "WithdrawalList", _WITHDRAWALS_EXAMPLE),
-            "204": _NO_CONTENT,
-            **_AUTH, **_COMMON,
+            "200": _ok("The withdrawals.", "WithdrawalList", _WITHDRAWALS_EXAMPLE, _NEXT_LINK),
+            **_LIST_RESPONSES,
         },
     }
     if deprecated:
         op["deprecated"] = True
-        op["description"] = "The older path of `GET /api/user/withdrawals`; answers the same."
+        op["description"] = ("The older path of `GET /api/user/withdrawals`; answers the "
+                             "same.\n\n" + _LIST_DESCRIPTION)
     return op
 
 
@@ -244,13 +280,14 @@ _PATHS: dict[str, Any] = {
         "get": {
             "tags": ["orders"],
             "summary": "List the user's orders, newest upload first",
+            "description": _LIST_DESCRIPTION,
             "operationId": "listOrders",
             "security": _SECURED,
+            "parameters": _LIST_PARAMETERS,
             "responses": {
                 "200": _ok("The orders; `accrual` is present on PROCESSED orders only.",
-                           "OrderList", _ORDERS_EXAMPLE),
-                "204": _NO_CONTENT,
-                **_AUTH, **_COMMON,
+                           "OrderList", _ORDERS_EXAMPLE, _NEXT_LINK),
+                **_LIST_RESPONSES,
             },
         },
     },

@@ -5,7 +5,8 @@ from aiohttp import web
 
 from api.auth import login_required
 from api.bodies import read_order_upload
-from api.errors import ApiError, empty_response, json_response
+from api.errors import ApiError, json_response
+from api.lists import respond
 from api.state import POOL
 from db import orders
 from db.orders import Upload
@@ -26,5 +27,4 @@ async def upload(request: web.Request, user_id: int) -> web.StreamResponse:
 
 @login_required
 async def list_orders(request: web.Request, user_id: int) -> web.StreamResponse:
-    found = await orders.list_for_user(request.app[POOL], user_id)
-    return json_response(found) if found else empty_response(204)
+    return await respond(request, user_id, orders.LISTING)

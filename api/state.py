@@ -3,6 +3,7 @@
 import asyncpg
 from aiohttp import web
 
+from api.listgate import StreamGate
 from api.passwords import Passwords
 from api.sessions import Sessions
 from api.throttle import LoginThrottle
@@ -13,3 +14,4 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 PASSWORDS = web.AppKey("passwords", Passwords)
 THROTTLE = web.AppKey("throttle", LoginThrottle)
 SESSIONS = web.AppKey("sessions", Sessions)
+LIST_GATE = web.AppKey("list_gate", StreamGate)

@@ -13,10 +13,17 @@ from bench.procs import Proc
 from bench.report import Row, ms, pct, rate
 from bench.stack import url
 from db import balance, orders, users
+from db.pages import PAGE_ROWS, START
 from shared.localpg import free_port
 from shared.settings import ApiSettings
 
 CREDENTIALS_SQL = users._CREDENTIALS
+
+
+def first_page(sql: str) -> str:
+    """A page statement reading from the start of the list, as a list request does."""
+    return sql.replace("$2", f"'{START.at.isoformat()}'::timestamptz").replace(
+        "$3", str(START.id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +41,7 @@ ENDPOINTS = (
     Endpoint("GET /api/user/balance", "/api/user/balance", "get_token", 200, balance._BALANCE,
              target_vs_hello=0.25),
     Endpoint("GET /api/user/orders (100 orders)", "/api/user/orders", "get_token", 200,
-             orders._LIST),
+             first_page(orders._LIST)),
     Endpoint("POST /api/user/orders (fresh numbers)", "/api/user/orders", "upload", 202,
              orders._UPLOAD, target_vs_pgbench=0.50),
     Endpoint("POST /api/user/balance/withdraw (0.01)", "/api/user/balance/withdraw",
@@ -73,7 +80,7 @@ async def run(ctx: Ctx) -> list[Row]:
     uid = f"random({ids[0]}, {ids[-1]})"
     draws: dict[str, dict[int, str]] = {
         "/api/user/balance": {1: uid},
-        "/api/user/orders": {1: str(lister.id)},
+        "/api/user/orders": {1: str(lister.id), 4: str(PAGE_ROWS)},
         "upload": {1: "random(1000000000000000, 1999999999999999)", 2: uid},
         "withdraw": {1: uid, 2: "random(1000000000000000, 1999999999999999)", 3: "0.01"},
         "login": {1: f"random({seed.LOGIN_BASE + 1}, {seed.LOGIN_BASE + plan.users})"},

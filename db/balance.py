@@ -2,9 +2,10 @@
 
 import enum
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
+
+from db.pages import Listing, boundary_statement, page_statement
 
 # One statement, so one atomic unit: the debit happens only when the balance
 # covers it (the row lock serialises concurrent debits, CHECK is the
@@ -27,11 +28,18 @@ SELECT user_id, amount FROM ledger WHERE kind = 'withdrawal' AND order_number = 
 
 _BALANCE = "SELECT current, withdrawn FROM balances WHERE user_id = $1"
 
-_WITHDRAWALS = """
-SELECT order_number, amount, created_at
-FROM ledger WHERE user_id = $1 AND kind = 'withdrawal'
-ORDER BY created_at DESC, id DESC
-"""
+# One withdrawal as the API's JSON object (money and time as in db/orders.py).
+_WITHDRAWAL_JSON = """'{"order":' || to_json(order_number)::text
+    || ',"sum":' || trim_scale(amount)::text
+    || ',"processed_at":"' || to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+    || '+00:00"}'"""
+
+_WITHDRAWAL_ROWS = "kind = 'withdrawal' AND "
+WITHDRAWALS = Listing(
+    page=page_statement(table="ledger", time="created_at", where=_WITHDRAWAL_ROWS,
+                        item=_WITHDRAWAL_JSON),
+    boundary=boundary_statement(table="ledger", time="created_at", where=_WITHDRAWAL_ROWS),
+)
 
 
 class Withdrawal(enum.Enum):
@@ -60,11 +68,3 @@ async def balance(pool: asyncpg.Pool, user_id: int) -> dict[str, Decimal]:
     if row is None:
         return {"current": Decimal(0), "withdrawn": Decimal(0)}
     return {"current": row["current"], "withdrawn": row["withdrawn"]}
-
-
-async def withdrawals(pool: asyncpg.Pool, user_id: int) -> list[dict[str, Any]]:
-    """The user's withdrawals, newest first, in the API's JSON shape."""
-    return [
-        {"order": row["order_number"], "sum": row["amount"], "processed_at": row["created_at"]}
-        for row in await pool.fetch(_WITHDRAWALS, user_id)
-    ]

@@ -1,9 +1,10 @@
 """Orders as the API sees them: upload and list."""
 
 import enum
-from typing import Any
 
 import asyncpg
+
+from db.pages import Listing, boundary_statement, page_statement
 
 _UPLOAD = """
 WITH inserted AS (
@@ -16,11 +17,20 @@ UNION ALL
 SELECT user_id, false FROM orders WHERE number = $1
 """
 
-_LIST = """
-SELECT number, status, accrual, uploaded_at
-FROM orders WHERE user_id = $1
-ORDER BY uploaded_at DESC, id DESC
-"""
+# One order as the API's JSON object: accrual only on PROCESSED orders, money
+# as an exact number without trailing zeros, the time in UTC to the second.
+_ORDER_JSON = """'{"number":' || to_json(number)::text || ',"status":"' || status || '"'
+    || CASE WHEN status = 'PROCESSED' THEN ',"accrual":' || trim_scale(accrual)::text
+       ELSE '' END
+    || ',"uploaded_at":"' || to_char(uploaded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+    || '+00:00"}'"""
+
+LISTING = Listing(
+    page=page_statement(table="orders", time="uploaded_at", where="", item=_ORDER_JSON),
+    boundary=boundary_statement(table="orders", time="uploaded_at", where=""),
+)
+# The statement a list request runs (the benchmark's pgbench baseline uses it).
+_LIST = LISTING.page
 
 
 class Upload(enum.Enum):
@@ -43,18 +53,6 @@ async def upload(pool: asyncpg.Pool, number: str, user_id: int) -> Upload:
                 return Upload.CREATED
             return Upload.ALREADY_YOURS if row["user_id"] == user_id else Upload.TAKEN
     raise RuntimeError(f"order {number} neither inserted nor found")
-
-
-async def list_for_user(pool: asyncpg.Pool, user_id: int) -> list[dict[str, Any]]:
-    """The user's orders, newest upload first, in the API's JSON shape."""
-    result = []
-    for row in await pool.fetch(_LIST, user_id):
-        item: dict[str, Any] = {"number": row["number"], "status": row["status"]}
-        if row["status"] == "PROCESSED":
-            item["accrual"] = row["accrual"]
-        item["uploaded_at"] = row["uploaded_at"]
-        result.append(item)
-    return result
 
 
 async def count_by_status(pool: asyncpg.Pool) -> dict[str, int]:

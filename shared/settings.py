@@ -148,6 +148,15 @@ class ApiSettings(CommonSettings):
         help="failed logins per login or per client address before throttling (0 = off)")
     login_window: int = setting(
         300, "LOGIN_WINDOW", help="seconds over which failed logins are counted")
+    list_max_items: int = setting(
+        100_000, "LIST_MAX_ITEMS",
+        help="most items one list answer holds (the rest via its Link: rel=next)")
+    list_concurrency: int = setting(
+        2, "LIST_CONCURRENCY",
+        help="lists longer than one page (1,000 items) one customer may stream at once")
+    send_timeout: float = setting(
+        30.0, "SEND_TIMEOUT",
+        help="seconds a streamed answer waits for its client to take more data")
 
 
 @dataclass(frozen=True)
