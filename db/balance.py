@@ -31,7 +31,8 @@ _BALANCE = "SELECT current, withdrawn FROM balances WHERE user_id = $1"
 # One withdrawal as the API's JSON object (money and time as in db/orders.py).
 _WITHDRAWAL_JSON = """'{"order":' || to_json(order_number)::text
     || ',"sum":' || trim_scale(amount)::text
-    || ',"processed_at":"' || to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+    || ',"processed_at":'
+    || rtrim(to_json(date_trunc('second', created_at AT TIME ZONE 'UTC'))::text, '"')
     || '+00:00"}'"""
 
 _WITHDRAWAL_ROWS = "kind = 'withdrawal' AND "

@@ -19,10 +19,13 @@ SELECT user_id, false FROM orders WHERE number = $1
 
 # One order as the API's JSON object: accrual only on PROCESSED orders, money
 # as an exact number without trailing zeros, the time in UTC to the second.
+# No "HH:MI" format: pgbench, which runs these statements too, reads ":MI" as a
+# variable.
 _ORDER_JSON = """'{"number":' || to_json(number)::text || ',"status":"' || status || '"'
     || CASE WHEN status = 'PROCESSED' THEN ',"accrual":' || trim_scale(accrual)::text
        ELSE '' END
-    || ',"uploaded_at":"' || to_char(uploaded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+    || ',"uploaded_at":'
+    || rtrim(to_json(date_trunc('second', uploaded_at AT TIME ZONE 'UTC'))::text, '"')
     || '+00:00"}'"""
 
 LISTING = Listing(
