@@ -1,13 +1,16 @@
-"""``gophermart-api``: run the API server."""
+"""``gophermart-api``: run the API server (one process, or several on one port)."""
 
 import asyncio
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import structlog
 from aiohttp import web
 
 from api.app import create_app
+from api.supervisor import PARENT_PIPE_ENV, process_count, supervise, watch_parent
 from db.migrate import SchemaTooNew
 from shared import logs
 from shared.settings import ApiSettings, load, split_host_port
@@ -23,21 +26,44 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    settings = load(ApiSettings, argv, prog="gophermart-api")
-    logs.configure(settings.log_level, settings.log_format)
-    if not settings.database_uri:
-        sys.exit("gophermart-api: DATABASE_URI (-d) is required")
+async def _stop_with_supervisor(_: web.Application) -> AsyncIterator[None]:
+    # SIGTERM to ourselves: run_app's own graceful shutdown.
+    unwatch = watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
+    yield
+    if unwatch is not None:
+        unwatch()
+
+
+def serve(settings: ApiSettings, *, child: bool) -> None:
+    """One API process; a supervised child shares the port with its siblings."""
     host, port = split_host_port(settings.run_address)
     app = create_app(settings)
+    if child:
+        app.cleanup_ctx.insert(0, _stop_with_supervisor)
     log.info("starting", address=f"{host}:{port}")
-    # run_app handles SIGINT and SIGTERM with a graceful shutdown.
+    # run_app handles SIGINT and SIGTERM with a graceful shutdown; it "prints"
+    # once the socket listens, that is once start-up (migrations, pool) is done.
     try:
-        web.run_app(app, host=host, port=port, access_log=None, print=None,
-                    shutdown_timeout=5, loop=_event_loop())
+        web.run_app(app, host=host, port=port, access_log=None,
+                    print=lambda _: log.info("listening", address=f"{host}:{port}"),
+                    shutdown_timeout=5, reuse_port=child, loop=_event_loop())
     except SchemaTooNew as exc:
         log.error("refusing to start", reason=str(exc))
         sys.exit(f"gophermart-api: {exc}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = load(ApiSettings, argv, prog="gophermart-api")
+    child = PARENT_PIPE_ENV in os.environ
+    processes = process_count(settings)
+    # Several processes write one stream: each line says which one wrote it.
+    logs.configure(settings.log_level, settings.log_format, process_id=child or processes > 1)
+    if not settings.database_uri:
+        sys.exit("gophermart-api: DATABASE_URI (-d) is required")
+    if child or processes == 1:
+        serve(settings, child=child)
+    else:
+        sys.exit(supervise(settings, processes))
 
 
 if __name__ == "__main__":

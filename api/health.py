@@ -9,6 +9,7 @@ from api.metrics import METRICS, orders_by_status
 from api.state import POOL
 from db.migrate import schema_problem
 from shared import ops
+from shared.metrics import exported
 
 
 def add_ops_routes(app: web.Application) -> None:
@@ -19,4 +20,5 @@ def add_ops_routes(app: web.Application) -> None:
     async def scrape() -> Iterable[Metric]:
         return await orders_by_status(app[POOL])
 
-    app.add_routes(ops.ops_routes(ready=ready, registry=app[METRICS].registry, scrape=scrape))
+    app.add_routes(ops.ops_routes(ready=ready, registry=exported(app[METRICS].registry),
+                                  scrape=scrape))

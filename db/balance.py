@@ -22,8 +22,11 @@ SELECT user_id, 'withdrawal', $2, $3 FROM debit
 RETURNING id
 """
 
+# The kind is a parameter: a literal 'withdrawal' would let a generic plan
+# made while there were no withdrawals walk all of ledger_withdrawals_by_user
+# (predicate kind = 'withdrawal') instead of looking the number up.
 _EXISTING = """
-SELECT user_id, amount FROM ledger WHERE kind = 'withdrawal' AND order_number = $1
+SELECT user_id, amount FROM ledger WHERE kind = $2 AND order_number = $1
 """
 
 _BALANCE = "SELECT current, withdrawn FROM balances WHERE user_id = $1"
@@ -56,7 +59,7 @@ async def withdraw(pool: asyncpg.Pool, user_id: int, order: str, amount: Decimal
             return Withdrawal.DONE
     except asyncpg.UniqueViolationError:
         pass
-    existing = await pool.fetchrow(_EXISTING, order)
+    existing = await pool.fetchrow(_EXISTING, order, "withdrawal")
     if existing is None:
         return Withdrawal.INSUFFICIENT
     if existing["user_id"] == user_id and existing["amount"] == amount:

@@ -64,13 +64,13 @@ WITH gate AS (
     UPDATE orders
     SET next_attempt_at = now() + $2::float8 * interval '1 second',
         attempts = attempts + 1
-    WHERE id IN (
-        SELECT id FROM orders
+    WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM orders
         WHERE status IN ('NEW', 'PROCESSING') AND next_attempt_at <= now()
           AND NOT EXISTS (SELECT 1 FROM accrual_gate WHERE paused_until > now())
         ORDER BY next_attempt_at
         LIMIT $1
-        FOR UPDATE SKIP LOCKED)
+        FOR UPDATE SKIP LOCKED))
     RETURNING id, number, attempts, status
 )
 SELECT c.id, c.number, c.attempts, c.status, g.pause_left, g.rate_per_minute,
@@ -144,7 +144,8 @@ WITH input AS (
         attempts = CASE WHEN i.refund THEN greatest(o.attempts - 1, 0) ELSE o.attempts END
     FROM input i
     WHERE o.id = i.id
-      AND o.status IN ('NEW', 'PROCESSING')
+      AND o.id = ANY($1::bigint[])
+      AND o.status NOT IN ('PROCESSED', 'INVALID')
       AND (i.status IN ('PROCESSED', 'INVALID') OR o.attempts = i.attempts)
     RETURNING o.id, o.number, o.user_id, o.status, o.accrual
 ), led AS (

@@ -10,6 +10,7 @@ request's logging together. Other libraries' standard ``logging`` records
 """
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from decimal import Decimal
@@ -67,8 +68,18 @@ def _add_logger_name(logger: Any, _: str,
     return event
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog, and the standard library logging other libraries use."""
+def _add_process_id(_: Any, __: str,
+                    event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event["pid"] = os.getpid()
+    return event
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None,
+              process_id: bool = False) -> None:
+    """Configure structlog, and the standard library logging other libraries use.
+
+    ``process_id`` adds ``pid`` to every line, for processes sharing one stream.
+    """
     stream = stream or sys.stderr
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -89,6 +100,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _drop_secrets,
+        *([_add_process_id] if process_id else []),
     ]
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, _add_logger_name, *common,

@@ -7,6 +7,26 @@ import asyncpg
 
 SCHEMA = "gophermart"
 
+# Session settings of every pooled connection.
+#
+# enable_seqscan = off: every statement these pools run finds its rows through
+# an index (tests/test_plans.py checks each one, generic and custom plans, on
+# empty and large tables). A sequential scan is only ever the cheaper plan
+# while a table is tiny, and a generic plan chosen then stays cached on the
+# connection after the table has grown: one such upload plan read all of
+# ``orders`` on every call. With the setting off the planner takes the index
+# at every size; it still scans when no index applies, which the test catches.
+#
+# jit = off: a plan that must still scan (the one-row accrual_gate) then costs
+# over jit_above_cost, and compiling it took 600 ms per claim. No statement here
+# runs long enough for JIT to pay off.
+SERVER_SETTINGS = {
+    "search_path": SCHEMA,
+    "application_name": "gophermart",
+    "enable_seqscan": "off",
+    "jit": "off",
+}
+
 
 async def _keep_session(_: asyncpg.Connection) -> None:
     """Release a connection without asyncpg's default reset round trip.
@@ -74,7 +94,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10,
         record_class=asyncpg.Record,
         timeout=connect_timeout,
         command_timeout=connect_timeout,
-        server_settings={"search_path": SCHEMA, "application_name": "gophermart"},
+        server_settings=SERVER_SETTINGS,
     )
     await pool
     return pool

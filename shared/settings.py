@@ -116,8 +116,12 @@ class CommonSettings:
     log_format: str = setting(
         "auto", "LOG_FORMAT", "--log-format",
         help="json, console, or auto (console on a terminal, JSON otherwise)")
-    db_pool_min: int = setting(2, "DB_POOL_MIN", help="minimum PostgreSQL connections")
-    db_pool_max: int = setting(10, "DB_POOL_MAX", help="maximum PostgreSQL connections")
+    db_pool_min: int = setting(
+        2, "DB_POOL_MIN",
+        help="minimum PostgreSQL connections (the API's: shared by its processes)")
+    db_pool_max: int = setting(
+        10, "DB_POOL_MAX",
+        help="maximum PostgreSQL connections (the API's: shared by its processes)")
     db_timeout: float = setting(
         5.0, "DB_TIMEOUT", help="seconds to wait for a connection or a query")
 
@@ -141,8 +145,13 @@ class ApiSettings(CommonSettings):
         False, "COOKIE_SECURE", help="mark the session cookie Secure (behind HTTPS)")
     max_body_bytes: int = setting(
         65536, "MAX_BODY_BYTES", help="largest accepted request body, decompressed")
+    api_processes: int = setting(
+        0, "API_PROCESSES",
+        help="API processes serving the one port (0 = CPU count, at most DB_POOL_MAX)")
     hash_concurrency: int = setting(
-        0, "HASH_CONCURRENCY", help="password hashes at once (0 = CPU count - 1, at least 1)")
+        0, "HASH_CONCURRENCY",
+        help="password hashes at once, shared by the API's processes "
+             "(0 = CPU count - 1; at least 1 per process)")
     login_max_failures: int = setting(
         10, "LOGIN_MAX_FAILURES",
         help="failed logins per login or per client address before throttling (0 = off)")
