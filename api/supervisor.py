@@ -143,7 +143,7 @@ class Supervisor:
     def _spawn(self, slot: int, env: dict[str, str], pipe: int) -> _Child:
         process = subprocess.Popen([sys.executable, "-m", "api"], env=env, pass_fds=(pipe,),
                                    start_new_session=True)  # our signals alone reach it
-        log.info("started", process=f"api-{slot}", pid=process.pid)
+        log.info("api process started", process=f"api-{slot}", child_pid=process.pid)
         return _Child(slot, process)
 
     def _too_many_exits(self) -> bool:
@@ -175,7 +175,7 @@ class Supervisor:
                     if code is None or self.stopping.is_set():
                         continue
                     log.error("an API process exited", process=f"api-{child.slot}",
-                              pid=child.process.pid, code=code)
+                              child_pid=child.process.pid, code=code)
                     if self._too_many_exits():
                         log.error("API processes keep exiting; stopping them all",
                                   limit=RESTART_LIMIT, window_s=RESTART_WINDOW)
@@ -208,7 +208,7 @@ def stop_all(processes: list[subprocess.Popen[bytes]], timeout: float = STOP_TIM
         try:
             code = process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.warning("did not stop in time; killing", pid=process.pid)
+            log.warning("did not stop in time; killing", child_pid=process.pid)
             process.kill()
             code = process.wait()
         if code not in (0, -signal.SIGTERM):

@@ -51,7 +51,9 @@ STATEMENTS = statements()
 # A harmless literal per parameter type, for EXPLAIN EXECUTE (EXPLAIN takes no binds).
 _LITERALS = {"int2": "1", "int4": "1", "int8": "1", "numeric": "1", "float8": "1",
              "float4": "1", "text": "1", "varchar": "1", "bool": "f",
-             "timestamptz": "2026-01-01T00:00:00Z", "interval": "1 second"}
+             "timestamptz": "2026-01-01T00:00:00Z", "interval": "1 second",
+             "bytea": "\\x00", "uuid": "00000000-0000-0000-0000-000000000000",
+             "inet": "127.0.0.1", "jsonb": "{}", "json": "{}", "date": "2026-01-01"}
 
 
 def _literal(type_: Any) -> str:
