@@ -11,6 +11,7 @@ No plan may read ``orders``, ``ledger``, ``users`` or ``balances`` with a
 sequential scan or with an index scan that has no condition (a full scan too).
 """
 
+import dataclasses
 import importlib
 import json
 import pkgutil
@@ -34,15 +35,31 @@ ALLOWED_FULL_SCANS: dict[str, tuple[str, str]] = {
 }
 
 
+def _is_sql(value: object) -> bool:
+    return isinstance(value, str) and bool(_SQL.match(value)) \
+        and bool(re.search(r"\b(FROM|INTO|UPDATE)\b", value, re.IGNORECASE))
+
+
 def statements() -> dict[str, str]:
-    """``module.NAME`` -> SQL for every module-level SQL string under ``db``."""
-    found = {}
+    """``module.NAME`` -> SQL for every module-level SQL string under ``db``.
+
+    Strings held by a module-level dataclass (``orders.LISTING.boundary``) count
+    too; a statement reachable under two names is checked once.
+    """
+    found: dict[str, str] = {}
     for module_info in pkgutil.iter_modules(db.__path__):
         module = importlib.import_module(f"db.{module_info.name}")
         for name, value in vars(module).items():
-            if isinstance(value, str) and name.isupper() and _SQL.match(value) \
-                    and re.search(r"\b(FROM|INTO|UPDATE)\b", value, re.IGNORECASE):
-                found[f"{module_info.name}.{name.lstrip('_')}"] = value
+            if not name.lstrip("_").isupper():
+                continue
+            label = f"{module_info.name}.{name.lstrip('_')}"
+            candidates = {label: value}
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                candidates = {f"{label}.{f.name}": getattr(value, f.name)
+                              for f in dataclasses.fields(value)}
+            for key, sql in candidates.items():
+                if _is_sql(sql) and sql not in found.values():
+                    found[key] = sql
     return found
 
 
@@ -170,7 +187,8 @@ async def _plans(dsn: str, sizes: list[tuple[str, str | None]]) -> list[str]:
 
 def test_statements_are_discovered() -> None:
     # The hot statements of every module: if discovery breaks, this test says so.
-    for name in ("orders.UPLOAD", "orders.LIST", "balance.WITHDRAW", "balance.BALANCE",
+    for name in ("orders.UPLOAD", "orders.LISTING.page", "orders.LISTING.boundary",
+                 "balance.WITHDRAW", "balance.BALANCE",
                  "users.CREDENTIALS", "queue.CLAIM", "queue.APPLY"):
         assert name in STATEMENTS, sorted(STATEMENTS)
 
