@@ -24,6 +24,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ log = structlog.get_logger(__name__)
 
 # A sealed payload is ~170 characters; anything much longer is not ours.
 MAX_TOKEN_CHARS = 512
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 SESSION_ID_BYTES = 16
 # Verified tokens kept per process (about 0.4 KB each).
 CACHE_ENTRIES = 10_000
@@ -81,7 +83,7 @@ class Sealer:
 
     def open(self, token: str) -> Session | None:
         """The session a well-sealed, unexpired token names; None for anything else."""
-        if len(token) > MAX_TOKEN_CHARS:
+        if len(token) > MAX_TOKEN_CHARS or not _canonical(token):
             return None
         try:
             payload = orjson.loads(self._fernet.decrypt(token, ttl=self.ttl))
@@ -91,6 +93,21 @@ class Sealer:
         if session is None or session.expires_at <= time.time():
             return None
         return session
+
+
+def _canonical(token: str) -> bool:
+    """Exactly the text we handed out, not one of the many spellings of its bytes.
+
+    Base64 decoding skips foreign characters and ignores spare bits, so a
+    token has endless variants that open to the same session; each would miss
+    the cache and cost a decrypt and a query, and could flush others' entries.
+    """
+    if not _TOKEN_TEXT.fullmatch(token):
+        return False
+    try:
+        return base64.urlsafe_b64encode(base64.urlsafe_b64decode(token)).decode() == token
+    except (ValueError, binascii.Error):
+        return False
 
 
 def _session_from(payload: Any) -> Session | None:

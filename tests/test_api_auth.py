@@ -174,6 +174,25 @@ async def test_sealed_but_wrong_claims_are_401(client: TestClient, payload: obje
     assert await _status(client, _sealed(SECRET, payload)) == 401
 
 
+async def test_other_spellings_of_a_valid_token_are_401(client: TestClient) -> None:
+    """Base64 decoders skip junk and spare bits; we accept only the exact text handed out."""
+    await register(client, "kim")
+    client.session.cookie_jar.clear()
+    token = _sealed(SECRET, _claims())
+    assert await _status(client, token) == 200
+    last = token.rstrip("=")[-1]
+    # The final character of a Fernet token carries 4 spare bits: flip them.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare = alphabet[alphabet.index(last) ^ 0b0001]
+    body = token.rstrip("=")
+    variants = [body[:10] + "." + body[10:] + token[len(body):],  # a skipped character
+                body[:-1] + spare + token[len(body):],  # the same bytes, other spare bits
+                token + "=="]
+    for variant in variants:
+        assert base64.urlsafe_b64decode(variant + "==") == base64.urlsafe_b64decode(token + "==")
+        assert await _status(client, variant) == 401, variant
+
+
 async def test_junk_tokens_are_401_not_500(client: TestClient) -> None:
     await register(client, "jack")
     client.session.cookie_jar.clear()
