@@ -74,7 +74,7 @@ def _spawn(name: str, module: str, env: dict[str, str], *args: str) -> Child:
     # children in order, instead of every process racing its own shutdown.
     process = subprocess.Popen([sys.executable, "-m", module, *args], env=env,
                                start_new_session=True, preexec_fn=lifeline(signal.SIGTERM))
-    log.info("started", process=name, pid=process.pid)
+    log.info("started", process=name, child_pid=process.pid)
     return Child(name, process)
 
 
@@ -181,7 +181,7 @@ def _local_postgres(settings: StackSettings) -> Iterator[tuple[str, Child]]:
                     password_file=str(server.password_file))
         server.prepare()
         child = Child("postgres", server.spawn(lifeline(signal.SIGINT)), signal.SIGINT)
-        log.info("started", process=child.name, pid=child.process.pid)
+        log.info("started", process=child.name, child_pid=child.process.pid)
         try:
             asyncio.run(_ensure_database(server, child.process, "gophermart"))
             yield server.dsn_for("gophermart"), child

@@ -46,13 +46,13 @@ def _runner(name: str, data: Path, ports: Ports, log_dir: Path, *, wait: bool = 
 
 
 def _children(runner: Service) -> dict[str, int]:
-    """Process name -> pid, from the runner's "started" log lines."""
+    """Process name -> pid of every child the runner logged starting, and of the API
+    supervisor's own children (both log ``child_pid``)."""
     found = {}
     for line in runner.log().splitlines():
-        if line.startswith("{") and '"started"' in line:
+        if line.startswith("{") and "child_pid" in line:
             event = json.loads(line)
-            if event.get("event") == "started":
-                found[event["process"]] = event["pid"]
+            found[event["process"]] = event["child_pid"]
     return found
 
 
@@ -110,7 +110,7 @@ async def test_kill_9_of_the_runner_takes_every_child_down_and_the_next_run_star
     runners.append(first)
     assert await _register(ports.api, "survivor") == 200
     children = _children(first)
-    assert set(children) == {"postgres", "accrual-sim", "api", "worker"}, first.log()[-2000:]
+    assert {"postgres", "accrual-sim", "api", "worker"} <= set(children), first.log()[-2000:]
 
     first.kill()  # SIGKILL: no handler runs, no cleanup in the runner
 
