@@ -158,13 +158,17 @@ def _last_line(path: Path) -> str:
 def _local_postgres(settings: StackSettings) -> Iterator[tuple[str, Child]]:
     """The private cluster under --data-dir, run as our child: (DSN, child)."""
     data_dir = Path(settings.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    owner = data_dir.stat().st_uid
-    if owner != os.geteuid():
-        raise StackError(f"{data_dir} belongs to another user (uid {owner}): a cluster and "
-                         "a password there cannot be trusted; choose another --data-dir")
-    # Private; as root the server runs as another user, which must pass through.
-    data_dir.chmod(0o711 if os.geteuid() == 0 else 0o700)
+    as_root = os.geteuid() == 0
+    # Created private. As root the server runs as another user, which must pass
+    # through; what lies inside is private one by one (the cluster's directory,
+    # the password file, the lock), so an existing directory keeps its mode.
+    data_dir.mkdir(mode=0o711 if as_root else 0o700, parents=True, exist_ok=True)
+    info = data_dir.stat()
+    if info.st_uid != os.geteuid():
+        raise StackError(f"{data_dir} belongs to another user (uid {info.st_uid}): a cluster "
+                         "and a password there cannot be trusted; choose another --data-dir")
+    if as_root and not info.st_mode & 0o001:
+        data_dir.chmod(info.st_mode & 0o7777 | 0o001)
     with _data_dir_lock(data_dir):
         server = LocalPostgres(data_dir / "postgres", settings.local_pg_port,
                                password_file=data_dir / "postgres.password")

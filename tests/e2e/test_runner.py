@@ -193,7 +193,10 @@ async def test_the_local_postgresql_wants_the_password_it_keeps_private(
 async def test_another_local_user_can_neither_connect_nor_read_the_password(
         log_dir: Path, ports: Ports, runners: list[Service]) -> None:
     data = log_dir / "data"
+    data.mkdir()
+    data.chmod(0o700)  # private already: the server's user is let through, no more
     runners.append(_runner("gophermart-other-user", data, ports, log_dir))
+    assert data.stat().st_mode & 0o777 == 0o701
     psql = shutil.which("psql") or str(find_bindir() / "psql")
     other = "nobody"
     pwd.getpwnam(other)
