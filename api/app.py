@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from api import balance, orders, users
+from api import balance, orders, page, users
+from api.events import end_streams_on_shutdown, hub_context, user_events
 from api.health import add_ops_routes
 from api.listgate import StreamGate
 from api.metrics import METRICS, ApiMetrics
@@ -57,11 +58,13 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/user/balance", balance.get_balance, allow_head=False)
     app.router.add_post("/api/user/balance/withdraw", balance.withdraw)
     app.router.add_get("/api/user/withdrawals", balance.list_withdrawals, allow_head=False)
+    app.router.add_get("/api/user/events", user_events, allow_head=False)
     # The older path some clients still call.
     app.router.add_get("/api/user/balance/withdrawals", balance.list_withdrawals,
                        allow_head=False)
     add_docs_routes(app)
     add_ops_routes(app)
+    page.add_page_routes(app)
 
 
 def create_app(settings: ApiSettings) -> web.Application:
@@ -83,5 +86,7 @@ def create_app(settings: ApiSettings) -> web.Application:
     app[LIST_GATE] = StreamGate(settings.list_concurrency, settings.db_pool_max // 2)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_passwords)
+    app.cleanup_ctx.append(hub_context)
+    app.on_shutdown.append(end_streams_on_shutdown)
     add_routes(app)
     return app

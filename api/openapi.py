@@ -14,6 +14,7 @@ from aiohttp import web
 
 from api.auth import COOKIE_NAME
 from api.bodies import MAX_LOGIN, MAX_PASSWORD
+from api.page import PAGE_PATH, STATIC_PREFIX
 from shared.jsonio import dumps
 from shared.luhn import MAX_ORDER_DIGITS
 
@@ -171,6 +172,26 @@ def _withdrawals_op(operation_id: str, deprecated: bool = False) -> dict[str, An
     return op
 
 
+_EVENTS_DESCRIPTION = """\
+A long-lived `text/event-stream`. `event: change` (empty data) means: something you
+see changed (an order's status, a credit, a withdrawal, a new order): read the
+endpoints again. The first event comes at once, covering anything that changed
+before the stream opened. `: ping` comments keep the connection alive every
+EVENTS_HEARTBEAT seconds. The server ends a stream after EVENTS_MAX_AGE seconds or
+when the session expires (browsers reconnect by themselves and are authenticated
+afresh), with `event: end` and data `replaced` when the same user opened more than
+EVENTS_PER_USER streams on one process (the oldest ends; poll instead of
+reconnecting), `ended` when the user's streams were ended (e.g. on logout), and
+`shutdown` when the server stops.
+"""
+
+
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "headers": {"X-Request-ID": _ref("headers", "RequestId")},
+            "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
 _PATHS: dict[str, Any] = {
     "/api/user/register": {"post": {
         "tags": ["users"],
@@ -323,7 +344,61 @@ _PATHS: dict[str, Any] = {
         },
     }},
     "/api/user/withdrawals": {"get": _withdrawals_op("listWithdrawals")},
+    "/api/user/events": {"get": {
+        "tags": ["events"],
+        "summary": "Server-sent events: look again when your orders or balance change",
+        "description": _EVENTS_DESCRIPTION,
+        "operationId": "userEvents",
+        "security": _SECURED,
+        "responses": {
+            "200": {"description": "An open `text/event-stream`.",
+                    "headers": {"X-Request-ID": _ref("headers", "RequestId")},
+                    "content": {"text/event-stream": {
+                        "schema": {"type": "string"},
+                        "example": "retry: 5000\n\nevent: change\ndata: \n\n: ping\n\n"
+                                   "event: change\ndata: \n\n"}}},
+            **_AUTH,
+            "503": _ok("The process holds EVENTS_MAX_STREAMS streams already (or the "
+                       "database is down): poll the endpoints instead, and try again after "
+                       "the given seconds.", "Error",
+                       {"error": "too many open event streams; poll instead"},
+                       {"Retry-After": _ref("headers", "RetryAfter")}),
+            "500": _ref("responses", "InternalError"),
+        },
+    }},
     "/api/user/balance/withdrawals": {"get": _withdrawals_op("listWithdrawalsLegacy", True)},
+    PAGE_PATH: {"get": {
+        "tags": ["page"],
+        "summary": "The customer web page",
+        "description": "A single page over this API (register, log in, add purchases, "
+                       "watch them credited, pay with points). Revalidated on every visit "
+                       "(ETag); strict Content-Security-Policy.",
+        "operationId": "page",
+        "responses": {
+            "200": _html("The page."),
+            "304": {"description": "Unchanged since the ETag sent in If-None-Match."},
+        },
+    }},
+    STATIC_PREFIX + "/{version}/{name}": {"get": {
+        "tags": ["page"],
+        "summary": "The page's scripts, style and icon",
+        "description": "Versioned by a hash of every file: cached for a year (immutable).",
+        "operationId": "pageAsset",
+        "parameters": [
+            {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {"description": "The file.",
+                    "headers": {"X-Request-ID": _ref("headers", "RequestId")},
+                    "content": {"text/javascript": {"schema": {"type": "string"}},
+                                "text/css": {"schema": {"type": "string"}},
+                                "image/svg+xml": {"schema": {"type": "string"}}}},
+            "304": {"description": "Unchanged since the ETag sent in If-None-Match."},
+            "404": _error("No such file in this version (an old or unknown version).",
+                          "not found"),
+        },
+    }},
     "/healthz": {"get": {
         "tags": ["operations"],
         "summary": "Liveness: the process serves requests",
@@ -487,7 +562,8 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Gophermart", "version": "1.0.0", "description": _DESCRIPTION},
-        "tags": [{"name": name} for name in ("users", "orders", "balance", "operations")],
+        "tags": [{"name": name}
+                 for name in ("users", "orders", "balance", "events", "page", "operations")],
         "paths": paths,
         "components": {
             "schemas": _SCHEMAS,

@@ -166,6 +166,17 @@ class ApiSettings(CommonSettings):
     send_timeout: float = setting(
         30.0, "SEND_TIMEOUT",
         help="seconds a streamed answer waits for its client to take more data")
+    events_per_user: int = setting(
+        5, "EVENTS_PER_USER",
+        help="open event streams per user and process; one more ends the oldest")
+    events_max_streams: int = setting(
+        1000, "EVENTS_MAX_STREAMS",
+        help="open event streams per process; past it GET /api/user/events answers 503")
+    events_heartbeat: float = setting(
+        15.0, "EVENTS_HEARTBEAT", help="seconds between keep-alive comments on an event stream")
+    events_max_age: float = setting(
+        300.0, "EVENTS_MAX_AGE",
+        help="seconds an event stream lives before the browser reconnects (re-authenticated)")
 
 
 @dataclass(frozen=True)

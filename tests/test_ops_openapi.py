@@ -62,7 +62,7 @@ def test_every_route_is_documented_and_every_documented_operation_exists() -> No
 # Statuses named in calls: (function name, positional index of the status, default).
 _STATUS_CALLS = {"ApiError": (0, None), "error_response": (0, None),
                  "json_response": (1, 200), "empty_response": (0, 204), "_json": (1, None),
-                 "Response": (None, 200)}
+                 "Response": (None, 200), "StreamResponse": (None, 200)}
 _BODY_READERS = {"read", "json", "text", "post", "content"}
 
 
@@ -205,7 +205,7 @@ def test_auth_schemes_are_cookie_and_bearer() -> None:
     assert schemes["bearerAuth"]["scheme"] == "bearer"
     protected = [op for (path, _), op in documented_operations().items()
                  if path.startswith("/api/user/") and not path.endswith(("/register", "/login"))]
-    assert len(protected) == 8  # six of the contract, logout and password change
+    assert len(protected) == 9  # six of the contract, logout, password change, events
     assert all(op["security"] == [{"cookieAuth": []}, {"bearerAuth": []}] for op in protected)
 
 
