@@ -6,8 +6,8 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: run test lint format lock lock-upgrade compose-check postgres-binaries bench bench-smoke \
-	chaos clean
+.PHONY: run test test-browser browser-deps lint format lock lock-upgrade compose-check \
+	postgres-binaries bench bench-smoke chaos clean
 
 # Installs take exact versions with their hashes from requirements/dev.lock, never
 # whatever the index has today; the project itself goes in editable, without deps.
@@ -46,11 +46,39 @@ postgres-binaries:
 	         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	       else echo "PostgreSQL server binaries not found: install postgresql" >&2; exit 1; fi; }
 
+# The customer page's tests (tests/browser) drive Debian's Chromium through its
+# chromedriver and check accessibility with axe-core from npm (pinned in
+# tests/browser/package-lock.json); install what is missing (root, Debian).
+BROWSER_DIR = tests/browser
+AXE         = $(BROWSER_DIR)/node_modules/axe-core/axe.min.js
+APT_GET     = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
+browser-deps: $(AXE)
+	@{ command -v chromium && command -v chromedriver; } >/dev/null \
+	  || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	         echo "installing Chromium and its chromedriver"; \
+	         $(APT_GET) chromium chromium-driver >/dev/null; \
+	       else echo "chromium and chromedriver not found: install chromium chromium-driver" >&2; exit 1; fi; }
+
+$(AXE): $(BROWSER_DIR)/package-lock.json
+	@command -v npm >/dev/null \
+	  || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	         echo "installing npm"; $(APT_GET) npm >/dev/null; \
+	       else echo "npm not found: install npm" >&2; exit 1; fi; }
+	npm ci --prefix $(BROWSER_DIR) --no-audit --no-fund --silent
+	touch $@
+
 run: $(STAMP) postgres-binaries
 	$(BIN)/gophermart
 
-test: $(STAMP) postgres-binaries lint
-	$(BIN)/pytest -q -p no:cacheprovider
+# BROWSER_TESTS=required: a browser test fails, rather than skips, without Chromium.
+test: $(STAMP) postgres-binaries browser-deps lint
+	BROWSER_TESTS=required $(BIN)/pytest -q -p no:cacheprovider
+
+# Only the page's tests in the browser (make test runs them too); screenshots of
+# every step land in test-artifacts/browser/.
+test-browser: $(STAMP) postgres-binaries browser-deps
+	BROWSER_TESTS=required $(BIN)/pytest -q -p no:cacheprovider tests/browser
 
 # The long fault-injection run (tests/chaos/run.py: thousands of orders under
 # injected 500s, latency, a tight rate limit and SIGKILLed workers, then an audit
@@ -82,4 +110,4 @@ compose-check: $(STAMP)
 	$(BIN)/python -m deploy.compose_check
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(BROWSER_DIR)/node_modules test-artifacts

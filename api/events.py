@@ -31,9 +31,11 @@ import asyncpg
 import structlog
 from aiohttp import web
 from aiohttp_session import get_session
+from prometheus_client import Gauge
 
 from api.auth import login_required
 from api.errors import ApiError
+from api.metrics import METRICS
 from api.state import SETTINGS
 from db import events
 
@@ -185,6 +187,8 @@ async def hub_context(app: web.Application) -> AsyncIterator[None]:
     hub = EventHub(settings.database_uri, per_user=settings.events_per_user,
                    total=settings.events_max_streams, timeout=settings.db_timeout)
     app[EVENTS] = hub
+    Gauge("gophermart_event_streams", "Open GET /api/user/events streams in this process.",
+          registry=app[METRICS].registry).set_function(lambda: hub.open_streams)
     task = asyncio.create_task(hub.run(), name="user-events-listener")
     yield
     hub.shutdown()

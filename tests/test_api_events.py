@@ -95,6 +95,8 @@ async def test_one_user_cannot_hold_more_than_the_per_user_cap(sse: TestClient) 
     later = [await open_stream(sse, token) for _ in range(12)]
     # Each stream past the third ended the oldest: the process holds three for her.
     assert hub.open_streams == 3
+    metrics = await (await sse.get("/metrics")).text()
+    assert "\ngophermart_event_streams 3.0\n" in metrics
     assert await next_event(first) == ("end", "replaced")
     assert await next_event(first) == ("eof", "")
     for stream in later[:-3]:
