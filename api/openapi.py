@@ -173,7 +173,8 @@ def _withdrawals_op(operation_id: str, deprecated: bool = False) -> dict[str, An
 
 
 _EVENTS_DESCRIPTION = """\
-A long-lived `text/event-stream`. `event: change` (empty data) means: something you
+A long-lived `text/event-stream` (it starts `retry: 5000`, the milliseconds a browser
+waits before reconnecting). `event: change` (empty data) means: something you
 see changed (an order's status, a credit, a withdrawal, a new order): read the
 endpoints again. The first event comes at once, covering anything that changed
 before the stream opened. `: ping` comments keep the connection alive every
@@ -353,10 +354,7 @@ _PATHS: dict[str, Any] = {
         "responses": {
             "200": {"description": "An open `text/event-stream`.",
                     "headers": {"X-Request-ID": _ref("headers", "RequestId")},
-                    "content": {"text/event-stream": {
-                        "schema": {"type": "string"},
-                        "example": "retry: 5000\n\nevent: change\ndata: \n\n: ping\n\n"
-                                   "event: change\ndata: \n\n"}}},
+                    "content": {"text/event-stream": {"schema": _schema("UserEvent")}}},
             **_AUTH,
             "503": _ok("The process holds EVENTS_MAX_STREAMS streams already (or the "
                        "database is down): poll the endpoints instead, and try again after "
@@ -530,6 +528,14 @@ _SCHEMAS: dict[str, Any] = {
                        "processed_at": {"type": "string", "format": "date-time"}},
     },
     "WithdrawalList": {"type": "array", "items": _schema("Withdrawal")},
+    "UserEvent": {
+        "type": "object",
+        "description": "One event of the stream, e.g. `event: change` + `data: ` (empty), "
+                       "or `event: end` + `data: replaced`.",
+        "required": ["event"],
+        "properties": {"event": {"enum": ["change", "end"]},
+                       "data": {"enum": ["", "replaced", "ended", "shutdown"]}},
+    },
     "Health": {"type": "object", "required": ["status"],
                "properties": {"status": {"const": "ok"}}},
     "Readiness": {"type": "object", "required": ["status"],
