@@ -14,36 +14,38 @@ Streams are bounded, because each holds a socket open for minutes:
   the page polls instead;
 - a heartbeat comment every ``EVENTS_HEARTBEAT`` seconds keeps proxies from
   timing the stream out and finds clients that vanished;
-- a stream ends when the session expires, after ``EVENTS_MAX_AGE`` seconds
-  (the browser reconnects and is authenticated afresh), when the user's
-  streams are ended (``"<id> end"`` on the channel, e.g. a logout), and at
-  shutdown.
+- a stream ends when its session expires, after ``EVENTS_MAX_AGE`` seconds
+  (the browser reconnects and is authenticated afresh), when its session is
+  ended (logout or a password change: the same LISTEN connection hears the
+  sessions channel, and the user's streams are checked against the database
+  again), and at shutdown.
 """
 
 import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
 from aiohttp import web
-from aiohttp_session import get_session
 from prometheus_client import Gauge
 
-from api.auth import login_required
+from api.auth import session_required
 from api.errors import ApiError
 from api.metrics import METRICS
-from api.state import SETTINGS
+from api.sessions import Session
+from api.state import POOL, SETTINGS
 from db import events
+from db import sessions as db_sessions
 
 log = structlog.get_logger(__name__)
 
 # Why the server ended a stream (sent as ``event: end`` with this as data).
 REPLACED = "replaced"  # the user opened more than EVENTS_PER_USER streams
-ENDED = "ended"  # the user's streams were ended (logout)
+ENDED = "ended"  # the stream's session was ended (logout, password change)
 SHUTDOWN = "shutdown"
 
 # The browser waits this long before reconnecting a dropped stream.
@@ -51,11 +53,19 @@ RECONNECT_MS = 5000
 _LISTEN_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
+# Is this session still valid? (Asked of the database, never of a cache.)
+SessionCheck = Callable[[Session], Awaitable[bool]]
+
+
 @dataclass(eq=False)
 class Stream:
-    user_id: int
+    session: Session
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     ended: str | None = None
+
+    @property
+    def user_id(self) -> int:
+        return self.session.user_id
 
     def end(self, why: str) -> None:
         self.ended = why
@@ -65,9 +75,11 @@ class Stream:
 class EventHub:
     """The process's open streams by user, and the LISTEN connection feeding them."""
 
-    def __init__(self, dsn: str, *, per_user: int, total: int, timeout: float = 5.0,
-                 check_interval: float = 5.0) -> None:
+    def __init__(self, dsn: str, *, per_user: int, total: int, still_valid: SessionCheck,
+                 timeout: float = 5.0, check_interval: float = 5.0) -> None:
         self._dsn = dsn
+        self._still_valid = still_valid
+        self._checks: set[asyncio.Task[None]] = set()
         self._per_user = max(per_user, 1)
         self._total = total
         self._timeout = timeout
@@ -82,15 +94,16 @@ class EventHub:
     def open_streams(self) -> int:
         return self._count
 
-    def open(self, user_id: int) -> Stream | None:
-        """A new stream for the user, ending their oldest beyond the cap; None when full."""
+    def open(self, session: Session) -> Stream | None:
+        """A new stream for the session's user, ending their oldest beyond the cap;
+        None when the process is full."""
         if self._closing or self._count >= self._total:
             return None
-        mine = self._streams.setdefault(user_id, [])
+        mine = self._streams.setdefault(session.user_id, [])
         while len(mine) >= self._per_user:
             mine.pop(0).end(REPLACED)
             self._count -= 1
-        stream = Stream(user_id)
+        stream = Stream(session)
         mine.append(stream)
         self._count += 1
         return stream
@@ -104,14 +117,22 @@ class EventHub:
         if not mine:
             del self._streams[stream.user_id]
 
-    def deliver(self, event: events.UserEvent) -> None:
-        if event.end:
-            for stream in self._streams.pop(event.user_id, []):
-                stream.end(ENDED)
-                self._count -= 1
-            return
-        for stream in self._streams.get(event.user_id, ()):
+    def changed(self, user_id: int) -> None:
+        """Something of this user's changed: their streams say "look again"."""
+        for stream in self._streams.get(user_id, ()):
             stream.wake.set()
+
+    async def recheck(self, user_id: int) -> None:
+        """A session of this user ended somewhere: end the streams whose session it was."""
+        for stream in list(self._streams.get(user_id, ())):
+            try:
+                valid = await self._still_valid(stream.session)
+            except _LISTEN_ERRORS as exc:  # keep it; EVENTS_MAX_AGE bounds the doubt
+                log.warning("cannot recheck an event stream's session", error=repr(exc))
+                continue
+            if not valid and stream.ended is None:
+                self.close(stream)
+                stream.end(ENDED)
 
     def shutdown(self) -> None:
         """End every stream now and refuse new ones (the server is stopping)."""
@@ -122,6 +143,8 @@ class EventHub:
                 stream.end(SHUTDOWN)
         self._streams.clear()
         self._count = 0
+        for task in self._checks:
+            task.cancel()
 
     # -- the LISTEN connection -------------------------------------------------
 
@@ -155,7 +178,8 @@ class EventHub:
         if self._closing:
             return
         conn.add_termination_listener(lambda _conn: self._lost.set())
-        await conn.add_listener(events.USER_CHANGE_CHANNEL, self._notified)
+        await conn.add_listener(events.USER_CHANGE_CHANNEL, self._user_changed)
+        await conn.add_listener(db_sessions.SESSIONS_CHANNEL, self._sessions_changed)
         self.listening.set()
         # Changes may have happened while nobody listened: every page looks again.
         for mine in self._streams.values():
@@ -170,11 +194,20 @@ class EventHub:
                 continue
             return
 
-    def _notified(self, _conn: object, _pid: object, _channel: object,
-                  payload: object) -> None:
-        event = events.parse(str(payload))
-        if event is not None:
-            self.deliver(event)
+    def _user_changed(self, _conn: object, _pid: object, _channel: object,
+                      payload: object) -> None:
+        user_id = events.parse_user_id(str(payload))
+        if user_id is not None:
+            self.changed(user_id)
+
+    def _sessions_changed(self, _conn: object, _pid: object, _channel: object,
+                          payload: object) -> None:
+        user_id = events.parse_user_id(str(payload))
+        if user_id is None or user_id not in self._streams or self._closing:
+            return
+        task = asyncio.create_task(self.recheck(user_id))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
 
 
 EVENTS = web.AppKey("events", EventHub)
@@ -184,8 +217,14 @@ async def hub_context(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: run the hub while the app runs (after the database is migrated)."""
     settings = app[SETTINGS]
     assert settings.database_uri is not None
+
+    async def still_valid(session: Session) -> bool:
+        return await db_sessions.is_current(app[POOL], session.user_id, session.generation,
+                                            session.session_id)
+
     hub = EventHub(settings.database_uri, per_user=settings.events_per_user,
-                   total=settings.events_max_streams, timeout=settings.db_timeout)
+                   total=settings.events_max_streams, still_valid=still_valid,
+                   timeout=settings.db_timeout)
     app[EVENTS] = hub
     Gauge("gophermart_event_streams", "Open GET /api/user/events streams in this process.",
           registry=app[METRICS].registry).set_function(lambda: hub.open_streams)
@@ -207,18 +246,17 @@ def _frame(event: str, data: str = "") -> bytes:
     return f"event: {event}\ndata: {data}\n\n".encode()
 
 
-@login_required
-async def user_events(request: web.Request, user_id: int) -> web.StreamResponse:
+@session_required
+async def user_events(request: web.Request, session: Session) -> web.StreamResponse:
     hub = request.app[EVENTS]
     settings = request.app[SETTINGS]
-    stream = hub.open(user_id)
+    stream = hub.open(session)
     if stream is None:
         raise ApiError(503, "too many open event streams; poll instead",
                        {"Retry-After": "30"})
-    session = await get_session(request)
-    expires = (session.created or time.time()) + settings.session_ttl
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + min(settings.events_max_age, max(expires - time.time(), 0))
+    deadline = loop.time() + min(settings.events_max_age,
+                                 max(session.expires_at - time.time(), 0))
     response = web.StreamResponse(status=200, headers={
         "Content-Type": "text/event-stream; charset=utf-8",
         "Cache-Control": "no-store",

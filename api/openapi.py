@@ -174,16 +174,15 @@ def _withdrawals_op(operation_id: str, deprecated: bool = False) -> dict[str, An
 
 _EVENTS_DESCRIPTION = """\
 A long-lived `text/event-stream` (it starts `retry: 5000`, the milliseconds a browser
-waits before reconnecting). `event: change` (empty data) means: something you
-see changed (an order's status, a credit, a withdrawal, a new order): read the
-endpoints again. The first event comes at once, covering anything that changed
-before the stream opened. `: ping` comments keep the connection alive every
-EVENTS_HEARTBEAT seconds. The server ends a stream after EVENTS_MAX_AGE seconds or
-when the session expires (browsers reconnect by themselves and are authenticated
-afresh), with `event: end` and data `replaced` when the same user opened more than
-EVENTS_PER_USER streams on one process (the oldest ends; poll instead of
-reconnecting), `ended` when the user's streams were ended (e.g. on logout), and
-`shutdown` when the server stops.
+waits before reconnecting). `event: change` (empty data) means: something you see
+changed (an order's status, a credit, a withdrawal, a new order): read the endpoints
+again. The first event comes at once, covering anything that changed before the stream
+opened. `: ping` comments keep the connection alive every EVENTS_HEARTBEAT seconds. The
+server closes a stream after EVENTS_MAX_AGE seconds or when the session expires
+(browsers reconnect by themselves and are authenticated afresh), and ends it with
+`event: end` and data `replaced` when the same user opened more than EVENTS_PER_USER
+streams on one process (the oldest ends; poll instead of reconnecting), `ended` when its
+session was ended (logout, password change), and `shutdown` when the server stops.
 """
 
 

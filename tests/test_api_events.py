@@ -133,17 +133,49 @@ async def test_anonymous_and_forged_sessions_get_401(sse: TestClient) -> None:
     assert forged.status == 401
 
 
-async def test_ending_a_users_streams_reaches_them_through_postgresql(
-        sse: TestClient, pool: asyncpg.Pool) -> None:
-    token = await register(sse, "dave")
-    other = await open_stream(sse, await register(sse, "erin"))
-    streams = [await open_stream(sse, token) for _ in range(2)]
-    await events.end_user_streams(pool, await user_id(pool, "dave"))
-    for stream in streams:
+async def login(client: TestClient, name: str) -> str:
+    response = await client.post("/api/user/login",
+                                 json={"login": name, "password": "secret-pass"})
+    assert response.status == 200
+    return response.headers["Authorization"]
+
+
+async def test_logout_ends_that_sessions_streams_in_every_process_and_no_other(
+        sse: TestClient, settings: ApiSettings, aiohttp_client: Any) -> None:
+    # A second API process on the same database: it hears the logout through PostgreSQL.
+    other_process = cast(TestClient, await aiohttp_client(create_app(settings)))
+    await asyncio.wait_for(other_process.app[EVENTS].listening.wait(), WAIT)
+    phone = await register(sse, "dave")
+    laptop = await login(sse, "dave")
+    phone_streams = [await open_stream(sse, phone), await open_stream(other_process, phone)]
+    laptop_stream = await open_stream(other_process, laptop)
+    response = await sse.post("/api/user/logout", headers={"Authorization": phone})
+    assert response.status == 200
+    for stream in phone_streams:
         assert await next_event(stream) == ("end", "ended")
         assert await next_event(stream) == ("eof", "")
-    assert sse.app[EVENTS].open_streams == 1  # erin's lives on
-    other.close()
+    # The laptop's session lives on, and so does its stream.
+    assert other_process.app[EVENTS].open_streams == 1
+    with pytest.raises(TimeoutError):
+        await next_event(laptop_stream, within=1.0)
+    assert (await sse.get("/api/user/events", headers={"Authorization": phone})).status == 401
+    laptop_stream.close()
+
+
+async def test_a_password_change_ends_every_stream_of_the_user(sse: TestClient) -> None:
+    first = await register(sse, "erin")
+    streams = [await open_stream(sse, first), await open_stream(sse, await login(sse, "erin"))]
+    bystander = await open_stream(sse, await register(sse, "frank"))
+    response = await sse.post("/api/user/password", headers={"Authorization": first},
+                              json={"old_password": "secret-pass", "new_password": "n3w-pass"})
+    assert response.status == 200
+    for stream in streams:
+        assert await next_event(stream) == ("end", "ended")
+    assert sse.app[EVENTS].open_streams == 1  # frank's
+    # The fresh token the change handed out opens a stream as usual.
+    renewed = await open_stream(sse, response.headers["Authorization"])
+    renewed.close()
+    bystander.close()
 
 
 async def test_a_stream_ends_at_its_max_age_and_the_browser_reconnects(
@@ -212,12 +244,11 @@ async def test_triggers_notify_status_and_balance_changes_once_per_user_and_comm
         await listener.close()
 
 
-@pytest.mark.parametrize("payload", ["", " ", "x", "-1", "1 x", "1 end end", "١٢", "1\n",
-                                     "1  end", "end"])
+@pytest.mark.parametrize("payload", ["", " ", "x", "-1", "1 x", "1 end", "١٢", "1\n",
+                                     "+1", "1" * 20])
 def test_unreadable_payloads_are_ignored(payload: str) -> None:
-    assert events.parse(payload) is None
+    assert events.parse_user_id(payload) is None
 
 
-def test_payloads_name_a_user_and_what_to_do() -> None:
-    assert events.parse("42") == events.UserEvent(42, end=False)
-    assert events.parse("42 end") == events.UserEvent(42, end=True)
+def test_a_payload_names_a_user() -> None:
+    assert events.parse_user_id("42") == 42

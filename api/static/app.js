@@ -7,6 +7,7 @@ import {
 } from "./i18n.js";
 
 const POLL_MS = 5000; // without a live stream, look again this often
+const SAFETY_MS = 60000; // with one, look again this often all the same
 const STREAM_RETRY_MS = 60000; // after the stream was refused, try it again this late
 const LOGIN_KEY = "gophermart.login";
 
@@ -21,6 +22,7 @@ const state = {
   stream: null,
   pollTimer: 0,
   streamTimer: 0,
+  safetyTimer: 0,
   live: false,
 };
 
@@ -163,7 +165,8 @@ async function onAuthSubmit(event) {
 
 async function onLogout() {
   stopLive(); // the stream closes first, so it never sees the session end
-  // Ends the session server-side where the API offers it; the page forgets it either way.
+  // Ends the session for every API process and clears the cookie; should the request
+  // fail, the page forgets the session all the same.
   await api.logout();
   storage()?.removeItem(LOGIN_KEY);
   showAuth("auth.loggedOut");
@@ -283,6 +286,10 @@ function startLive() {
     stopPolling();
     setLive(true);
   });
+  // Should notifications ever stop arriving while the stream stays open.
+  state.safetyTimer = setInterval(() => {
+    if (document.visibilityState === "visible") refresh();
+  }, SAFETY_MS);
   stream.addEventListener("change", () => refresh());
   stream.addEventListener("end", (event) => {
     // "replaced": this user has more pages open than the server keeps streams for.
@@ -315,6 +322,8 @@ function retryStreamLater(ms) {
 function closeStream() {
   if (state.stream) state.stream.close();
   state.stream = null;
+  clearInterval(state.safetyTimer);
+  state.safetyTimer = 0;
   setLive(false);
 }
 

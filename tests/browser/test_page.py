@@ -93,13 +93,16 @@ async def test_whole_journey_register_upload_credited_live_withdraw_history(
     assert await system.get(f"Bearer {cookie['value']}", "/api/user/balance") == (
         200, {"current": Decimal("22.95"), "withdrawn": Decimal("100.5")})
     assert leaked_secrets(system.logs(), [PASSWORD, cookie["value"]]) == []
-    # Until the API offers POST /api/user/logout the page forgets the session itself.
-    page.expect_status("/api/user/logout", 404)
     page.click("logout")
     page.wait_until(lambda: page.by_id("auth").is_displayed(), "the login screen again")
     assert page.active_id() == "login"
     assert not page.by_id("who").is_displayed()
     page.shot("logged-out")
+    # Ended on the server too: the old token is refused and a reload asks to log in.
+    assert (await system.get(f"Bearer {cookie['value']}", "/api/user/balance"))[0] == 401
+    assert page.driver.get_cookie("gophermart_session") is None
+    page.driver.refresh()
+    page.wait_until(lambda: page.by_id("auth").is_displayed(), "the login screen after reload")
 
 
 async def test_error_paths_are_explained_next_to_their_field(
