@@ -211,11 +211,12 @@ def test_memory_is_sized_from_the_benchmark(manifests: list[Manifest], name: str
 
 
 def connection_budget(manifests: list[Manifest]) -> int:
-    """Connections the base opens at its largest: pools plus one LISTEN each, plus KEDA."""
+    """Connections the base opens at its largest: pools, the LISTEN connections (an API
+    process has two: ended sessions and customers' changes; a worker one), plus KEDA."""
     api = find(manifests, "Deployment", "gophermart-api")
     worker = find(manifests, "Deployment", "gophermart-worker")
     scaled = find(manifests, "ScaledObject", "gophermart-worker")
-    per_api = int(env_of(api)["DB_POOL_MAX"]) + 1
+    per_api = int(env_of(api)["DB_POOL_MAX"]) + 2
     per_worker = int(env_of(worker)["DB_POOL_MAX"]) + 1
     # During a rolling update maxSurge extra API pods run next to the old ones.
     api_pods = api["spec"]["replicas"] + api["spec"]["strategy"]["rollingUpdate"]["maxSurge"]

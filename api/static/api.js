@@ -17,6 +17,11 @@ export class Answer {
     return this.body && typeof this.body.error === "string" ? this.body.error : "";
   }
 
+  /** True when the list goes on (a Link header with rel="next"). */
+  get more() {
+    return /rel="?next"?/.test(this.headers.get("Link") || "");
+  }
+
   /** Seconds from Retry-After, at least 1. */
   get retryAfter() {
     const seconds = Number.parseInt(this.headers.get("Retry-After") || "", 10);
@@ -56,9 +61,10 @@ export const api = {
     call("POST", "/api/user/login", JSON.stringify({ login, password })),
   logout: () => call("POST", "/api/user/logout", "{}"),
   upload: (number) => call("POST", "/api/user/orders", JSON.stringify({ order_number: number })),
-  orders: () => call("GET", "/api/user/orders"),
+  // Lists: the newest `limit` items; Answer.more tells whether older ones follow.
+  orders: (limit) => call("GET", `/api/user/orders?limit=${limit}`),
   balance: () => call("GET", "/api/user/balance"),
-  withdrawals: () => call("GET", "/api/user/withdrawals"),
+  withdrawals: (limit) => call("GET", `/api/user/withdrawals?limit=${limit}`),
   // The sum is exact decimal text (checks.exactSum), written into the JSON as is.
   withdraw: (order, sumText) =>
     call("POST", "/api/user/balance/withdraw", `{"order": ${JSON.stringify(order)}, "sum": ${sumText}}`),

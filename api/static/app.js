@@ -10,6 +10,7 @@ const POLL_MS = 5000; // without a live stream, look again this often
 const SAFETY_MS = 60000; // with one, look again this often all the same
 const STREAM_RETRY_MS = 60000; // after the stream was refused, try it again this late
 const LOGIN_KEY = "gophermart.login";
+const LIST_STEP = 50; // list items shown at first, and added by each "show more"
 
 const $ = (id) => document.getElementById(id);
 
@@ -17,6 +18,10 @@ const state = {
   signedIn: false,
   orders: [],
   withdrawals: [],
+  ordersLimit: LIST_STEP,
+  historyLimit: LIST_STEP,
+  ordersMore: false,
+  historyMore: false,
   balance: null,
   statuses: null, // order number -> status at the last look, to tell what changed
   stream: null,
@@ -97,6 +102,8 @@ function showAuth(messageKey) {
   stopLive();
   state.orders = [];
   state.withdrawals = [];
+  state.ordersLimit = LIST_STEP;
+  state.historyLimit = LIST_STEP;
   state.balance = null;
   state.statuses = null;
   $("loading").hidden = true;
@@ -196,13 +203,17 @@ function refresh() {
 
 async function load() {
   const [orders, balance, withdrawals] = await Promise.all(
-    [api.orders(), api.balance(), api.withdrawals()]);
+    [api.orders(state.ordersLimit), api.balance(), api.withdrawals(state.historyLimit)]);
   if ([orders, balance, withdrawals].some((a) => a.status === 401)) return sessionEnded();
   if (!state.signedIn) return undefined;
-  if (orders.status === 200 || orders.status === 204) noticeChanges(orders.body || []);
+  if (orders.status === 200 || orders.status === 204) {
+    noticeChanges(orders.body || []);
+    state.ordersMore = orders.more;
+  }
   if (balance.status === 200) state.balance = balance.body;
   if (withdrawals.status === 200 || withdrawals.status === 204) {
     state.withdrawals = withdrawals.body || [];
+    state.historyMore = withdrawals.more;
   }
   return renderAll();
 }
@@ -260,6 +271,7 @@ function renderOrders() {
   }
   $("orders").hidden = state.orders.length === 0;
   $("orders-empty").hidden = state.orders.length !== 0;
+  $("orders-more").hidden = !state.ordersMore;
 }
 
 function renderHistory() {
@@ -273,6 +285,7 @@ function renderHistory() {
   }
   $("history").hidden = state.withdrawals.length === 0;
   $("history-empty").hidden = state.withdrawals.length !== 0;
+  $("history-more").hidden = !state.historyMore;
 }
 
 // --- updates by themselves: the event stream, polling as the fallback ---------
@@ -454,6 +467,14 @@ async function start() {
   $("auth-form").addEventListener("submit", onAuthSubmit);
   $("upload-form").addEventListener("submit", onUploadSubmit);
   $("withdraw-form").addEventListener("submit", onWithdrawSubmit);
+  $("orders-more").addEventListener("click", () => {
+    state.ordersLimit += LIST_STEP;
+    refresh();
+  });
+  $("history-more").addEventListener("click", () => {
+    state.historyLimit += LIST_STEP;
+    refresh();
+  });
   $("order-number").addEventListener("input", (event) => {
     quiet($("upload-result"));
     checkNumberAsTyped(event.target, $("order-err"), $("order-check"));

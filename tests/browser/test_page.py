@@ -178,6 +178,23 @@ async def test_error_paths_are_explained_next_to_their_field(
     page.wait_text("withdraw-order-err", f"Order {paid} has already been paid with points.")
     page.check_accessibility("the account showing errors")
     page.shot("withdraw-409")
+
+    # A long history comes 50 orders at a time, newest first.
+    pool = await asyncpg.create_pool(database_uri, min_size=1, max_size=1,
+                                     server_settings={"search_path": "gophermart"})
+    try:
+        await pool.execute(
+            "INSERT INTO orders (number, user_id, status, uploaded_at) "
+            "SELECT n::text, (SELECT id FROM users WHERE login = 'erroneous'), 'INVALID', "
+            "now() - n * interval '1 hour' FROM generate_series(1000, 1059) AS n")
+    finally:
+        await pool.close()
+    page.wait_until(lambda: page.by_id("orders-more").is_displayed(), "a show-more button")
+    assert page.js("return document.querySelectorAll('#orders tbody tr').length") == 50
+    page.click("orders-more")
+    page.wait_until(lambda: not page.by_id("orders-more").is_displayed(), "the whole list")
+    assert page.js("return document.querySelectorAll('#orders tbody tr').length") == 62
+    assert page.order_row("1059")[1] == "Rejected"  # the oldest, last
     code, balance = await system.get(others, "/api/user/balance")
     assert (code, balance["current"]) == (200, Decimal(0))
 
