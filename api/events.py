@@ -76,7 +76,8 @@ class EventHub:
     """The process's open streams by user, and the LISTEN connection feeding them."""
 
     def __init__(self, dsn: str, *, per_user: int, total: int, still_valid: SessionCheck,
-                 timeout: float = 5.0, check_interval: float = 5.0) -> None:
+                 timeout: float = 5.0, check_interval: float = 5.0,
+                 counted: Callable[[int], None] = lambda _n: None) -> None:
         self._dsn = dsn
         self._still_valid = still_valid
         self._checks: set[asyncio.Task[None]] = set()
@@ -86,6 +87,7 @@ class EventHub:
         self._check_interval = check_interval
         self._streams: dict[int, list[Stream]] = {}
         self._count = 0
+        self._counted = counted  # told every new count (the metric)
         self._closing = False
         self._lost = asyncio.Event()  # the listening connection closed, or shutdown
         self.listening = asyncio.Event()
@@ -102,18 +104,22 @@ class EventHub:
         mine = self._streams.setdefault(session.user_id, [])
         while len(mine) >= self._per_user:
             mine.pop(0).end(REPLACED)
-            self._count -= 1
+            self._add(-1)
         stream = Stream(session)
         mine.append(stream)
-        self._count += 1
+        self._add(1)
         return stream
+
+    def _add(self, delta: int) -> None:
+        self._count += delta
+        self._counted(self._count)
 
     def close(self, stream: Stream) -> None:
         mine = self._streams.get(stream.user_id)
         if mine is None or stream not in mine:
             return  # already replaced or ended
         mine.remove(stream)
-        self._count -= 1
+        self._add(-1)
         if not mine:
             del self._streams[stream.user_id]
 
@@ -142,7 +148,7 @@ class EventHub:
             for stream in mine:
                 stream.end(SHUTDOWN)
         self._streams.clear()
-        self._count = 0
+        self._add(-self._count)
         for task in self._checks:
             task.cancel()
 
@@ -222,12 +228,13 @@ async def hub_context(app: web.Application) -> AsyncIterator[None]:
         return await db_sessions.is_current(app[POOL], session.user_id, session.generation,
                                             session.session_id)
 
+    # livesum: under several API processes a scrape sums the live processes' counts.
+    gauge = Gauge("gophermart_event_streams", "Open GET /api/user/events streams.",
+                  registry=app[METRICS].registry, multiprocess_mode="livesum")
     hub = EventHub(settings.database_uri, per_user=settings.events_per_user,
                    total=settings.events_max_streams, still_valid=still_valid,
-                   timeout=settings.db_timeout)
+                   timeout=settings.db_timeout, counted=gauge.set)
     app[EVENTS] = hub
-    Gauge("gophermart_event_streams", "Open GET /api/user/events streams in this process.",
-          registry=app[METRICS].registry).set_function(lambda: hub.open_streams)
     task = asyncio.create_task(hub.run(), name="user-events-listener")
     yield
     hub.shutdown()

@@ -1,0 +1,83 @@
+"""Event streams under API_PROCESSES: every process hears every change on its own LISTEN."""
+
+import asyncio
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.processes import Service, free_port, service_url
+
+pytestmark = pytest.mark.e2e
+
+USERS = 12  # on connections of their own: the kernel spreads them over the processes
+WAIT = 15.0
+
+
+@pytest.fixture
+def api(database_uri: str, log_dir: Path) -> Iterator[Service]:
+    port = free_port()
+    service = Service("api", "api", {
+        "RUN_ADDRESS": f"127.0.0.1:{port}", "DATABASE_URI": database_uri,
+        "SESSION_SECRET": "e2e-secret", "API_PROCESSES": "3", "DB_POOL_MAX": "6",
+        "EVENTS_MAX_AGE": "6"}, log_dir, port=port)
+    service.start()
+    yield service
+    if service.running:
+        service.stop(signal.SIGTERM)
+
+
+async def _event(response: aiohttp.ClientResponse) -> bytes:
+    """The next event block, comments and the retry line skipped."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            block = await response.content.readuntil(b"\n\n")
+            if not block or block.startswith(b"event: "):
+                return block
+
+
+async def test_a_change_reaches_streams_in_every_process_and_the_metric_sums_them(
+        api: Service, pool: asyncpg.Pool) -> None:
+    assert api.port is not None
+    url = service_url(api.port)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        tokens = []
+        for i in range(USERS):
+            async with http.post(f"{url}/api/user/register",
+                                 json={"login": f"u{i}", "password": "e2e-pass-1"}) as r:
+                assert r.status == 200
+                tokens.append(r.headers["Authorization"])
+        streams = []
+        for token in tokens:
+            response = await http.get(f"{url}/api/user/events",
+                                      headers={"Authorization": token})
+            assert response.status == 200
+            assert await _event(response) == b"event: change\ndata: \n\n"
+            streams.append(response)
+
+        async def count() -> str:
+            async with http.get(f"{url}/metrics") as r:
+                text = await r.text()
+            return next(line for line in text.splitlines()
+                        if line.startswith("gophermart_event_streams "))
+
+        assert await count() == f"gophermart_event_streams {float(USERS)}"
+        # One transaction changes every user's balance: every stream hears it.
+        await pool.execute("UPDATE balances SET current = current + 1")
+        for stream in streams:
+            assert await _event(stream) == b"event: change\ndata: \n\n"
+        # EVENTS_MAX_AGE ends them; their access lines say which process served each.
+        for stream in streams:
+            assert await _event(stream) == b""
+            stream.close()
+    served_by = {line["pid"] for line in map(json.loads, _json_lines(api.log()))
+                 if line.get("path") == "/api/user/events" and line.get("status") == 200}
+    assert len(served_by) >= 2, "the streams were not spread over the processes"
+
+
+def _json_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("{")]
