@@ -207,6 +207,21 @@ class WorkerSettings(CommonSettings):
     accrual_rate_share: float = setting(
         0.97, "ACCRUAL_RATE_SHARE",
         help="share of the announced requests-per-minute limit the fleet paces itself to")
+    accrual_pause_min: float = setting(
+        1.0, "ACCRUAL_PAUSE_MIN",
+        help="shortest fleet-wide pause after a 429, whatever Retry-After says (seconds)")
+    accrual_pause_max: float = setting(
+        600.0, "ACCRUAL_PAUSE_MAX",
+        help="longest fleet-wide pause after a 429, also when repeated 429s double it")
+    accrual_rate_ttl: float = setting(
+        600.0, "ACCRUAL_RATE_TTL",
+        help="seconds a rate limit announced by a 429 is obeyed before full speed is tried")
+    accrual_max_answer_bytes: int = setting(
+        65536, "ACCRUAL_MAX_ANSWER_BYTES",
+        help="largest accrual answer read, on the wire and decompressed (bigger: malformed)")
+    worker_recheck_max: float = setting(
+        3600.0, "WORKER_RECHECK_MAX",
+        help="longest interval between asks about an order the accrual system does not know")
     health_address: str | None = setting(
         None, "WORKER_HEALTH_ADDRESS",
         help="host:port for the worker's /healthz, /readyz and /metrics (off when unset)")

@@ -49,7 +49,7 @@ LOG = structlog.get_logger("test")
 ])
 def test_answers_map_to_our_statuses_with_exact_half_up_accruals(
         body: bytes, expected: Status) -> None:
-    answer = parse_order_answer(body)
+    answer = parse_order_answer(body, "1")
     assert answer == expected
     assert answer.accrual is None or answer.accrual.as_tuple().exponent in (0, -2)
 
@@ -65,7 +65,7 @@ def test_answers_map_to_our_statuses_with_exact_half_up_accruals(
 ])
 def test_malformed_answers_are_refused(body: bytes) -> None:
     with pytest.raises(MalformedAnswer):
-        parse_order_answer(body)
+        parse_order_answer(body, "1")
 
 
 def test_retry_after_reads_seconds_and_http_dates_and_defaults_to_60() -> None:
@@ -110,7 +110,7 @@ def client_for(pool: asyncpg.Pool, session: aiohttp.ClientSession, base: str,
 async def test_5xx_is_retried_until_an_answer_comes(
         pool: asyncpg.Pool, session: aiohttp.ClientSession, aiohttp_server: object) -> None:
     replies = iter([web.Response(status=500), web.Response(status=503),
-                    json_reply("PROCESSED", "12.5")])
+                    json_reply("PROCESSED", "12.5", "79927398713")])
     fake = FakeAccrual(reply=lambda number: next(replies))
     server = await start(aiohttp_server, fake)
     stats = WorkerStats()

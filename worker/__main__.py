@@ -17,7 +17,7 @@ from shared.ops import database_ready, ops_app, start_ops_server
 from shared.pg import create_pool
 from shared.settings import WorkerSettings, load, with_scheme
 from worker.accrual_client import AccrualClient, create_session
-from worker.gate import Gate
+from worker.gate import Gate, GatePolicy
 from worker.listener import Listener
 from worker.loop import LoopConfig, Worker
 from worker.schedule import Backoff
@@ -32,8 +32,16 @@ def loop_config(settings: WorkerSettings) -> LoopConfig:
         lease=settings.worker_lease,
         poll_interval=settings.worker_poll_interval,
         stop_timeout=settings.worker_stop_timeout,
-        backoff=Backoff(first=settings.worker_backoff_first, cap=settings.worker_backoff_max),
+        backoff=Backoff(first=settings.worker_backoff_first, cap=settings.worker_backoff_max,
+                        recheck_max=settings.worker_recheck_max),
     )
+
+
+def gate_policy(settings: WorkerSettings) -> GatePolicy:
+    return GatePolicy(pause_min=max(settings.accrual_pause_min, 0.0),
+                      pause_max=max(settings.accrual_pause_max, settings.accrual_pause_min),
+                      rate_ttl=max(settings.accrual_rate_ttl, 1.0),
+                      share=settings.accrual_rate_share)
 
 
 async def serve(settings: WorkerSettings, stopping: asyncio.Event | None = None) -> WorkerStats:
@@ -84,12 +92,13 @@ async def _run(settings: WorkerSettings, pool: queue.Executor,
                session: aiohttp.ClientSession, stats: WorkerStats,
                stopping: asyncio.Event) -> None:
     assert settings.database_uri and settings.accrual_system_address
-    gate = Gate(pool, stats, share=settings.accrual_rate_share)
+    gate = Gate(pool, stats, policy=gate_policy(settings))
     client = AccrualClient(session, with_scheme(settings.accrual_system_address), gate, stats,
-                           retries=settings.accrual_retries)
+                           retries=settings.accrual_retries,
+                           max_answer_bytes=settings.accrual_max_answer_bytes)
     worker = Worker(pool, client, gate, stats, loop_config(settings))
     listener = Listener(settings.database_uri, on_new_order=worker.wake, on_pause=gate.note,
-                        timeout=settings.db_timeout)
+                        on_reset=gate.forget, timeout=settings.db_timeout)
     listening = asyncio.create_task(listener.run(), name="listener")
 
     async def stop_when_asked() -> None:

@@ -1,18 +1,28 @@
-"""The accrual system's client: one keep-alive session per process, answers mapped per SPEC.
+"""The accrual system's client: one keep-alive session per process, answers mapped per contract.
 
 ``ask`` never raises for anything the accrual system or the network does: it
 returns an answer the loop turns into a write. Network errors, timeouts and
 5xx are retried here (exponential backoff with jitter, a bounded number of
 times); a 429 pauses the whole fleet through the gate.
+
+Every byte of an answer is untrusted: redirects are never followed (every
+request goes to the configured address, through the fleet's pacing); the
+body is read up to a cap, and decompressed by us (gzip or deflate only, one
+layer) up to the same cap; a 200 must be the documented object about the
+order asked, with an accrual the schema can hold. Anything else is a
+malformed answer: counted, logged once with the order, never credited, and
+the order is asked again later with backoff.
 """
 
 import email.utils
 import math
 import re
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from urllib.parse import quote
 
 import aiohttp
 import structlog
@@ -76,38 +86,98 @@ Answer = Status | NotKnown | RateLimited | Deferred | Failed
 
 
 class MalformedAnswer(ValueError):
-    pass
+    """An answer we refuse; ``reason`` is its metrics label (worker.stats.MALFORMED_REASONS)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+# The largest answer read, on the wire and again after decompression. A real
+# answer is under 100 bytes.
+DEFAULT_MAX_ANSWER_BYTES = 65536
 
 
 class _Transient(Exception):
     """Worth retrying at once: network error, timeout, 5xx."""
 
 
-def parse_order_answer(body: bytes) -> Status:
-    """Parse a 200 body exactly (Decimal, never float); raise MalformedAnswer."""
+def parse_order_answer(body: bytes, number: str) -> Status:
+    """Parse a 200 body about ``number`` exactly (Decimal, never float); raise MalformedAnswer.
+
+    The documented shape: an object whose ``order`` is the number asked,
+    ``status`` one of four, and for PROCESSED an optional non-negative
+    ``accrual`` the schema can hold (absent or null is 0). Other keys are
+    ignored, as is an ``accrual`` on a status that earns nothing.
+    """
     try:
         data = loads_exact(body)
     except JSONInputError as exc:
-        raise MalformedAnswer(str(exc)) from exc
+        raise MalformedAnswer("json", str(exc)) from exc
     if not isinstance(data, dict):
-        raise MalformedAnswer("not a JSON object")
-    status = STATUS_MAP.get(data.get("status"))  # type: ignore[arg-type]
+        raise MalformedAnswer("shape", "not a JSON object")
+    order = data.get("order")
+    if order != number:
+        raise MalformedAnswer("order", f"answer is about order {str(order)[:80]!r}")
+    raw_status = data.get("status")
+    status = STATUS_MAP.get(raw_status) if isinstance(raw_status, str) else None
     if status is None:
-        raise MalformedAnswer(f"unknown status {data.get('status')!r}")
+        raise MalformedAnswer("shape", f"unknown status {str(raw_status)[:80]!r}")
     if status != "PROCESSED":
         return Status(status)
     raw = data.get("accrual")
     if raw is None:
         return Status(status, Decimal(0))
     if isinstance(raw, bool) or not isinstance(raw, int | Decimal):
-        raise MalformedAnswer(f"accrual is not a number: {raw!r}")
+        raise MalformedAnswer("shape", f"accrual is not a number: {str(raw)[:80]!r}")
     try:
-        amount = round_half_up(Decimal(raw))
+        value = Decimal(raw)
+        if not value.is_finite() or value < 0 or value > MAX_AMOUNT:
+            raise InvalidOperation
+        amount = round_half_up(value)
     except InvalidOperation as exc:
-        raise MalformedAnswer(f"accrual out of range: {raw!r}") from exc
-    if not amount.is_finite() or amount < 0 or amount > MAX_AMOUNT:
-        raise MalformedAnswer(f"accrual out of range: {raw!r}")
+        raise MalformedAnswer("accrual", f"accrual out of range: {str(raw)[:80]}") from exc
+    if amount > MAX_AMOUNT:
+        raise MalformedAnswer("accrual", f"accrual out of range: {str(raw)[:80]}")
     return Status(status, amount)
+
+
+def decode_body(raw: bytes, encoding: str, cap: int) -> bytes:
+    """Undo one layer of gzip or deflate, never inflating past ``cap`` bytes."""
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return raw
+    if name in ("gzip", "x-gzip"):
+        candidates: tuple[int, ...] = (16 + zlib.MAX_WBITS,)
+    elif name == "deflate":  # zlib-wrapped as the RFC says, or raw as some servers send
+        candidates = (zlib.MAX_WBITS, -zlib.MAX_WBITS)
+    else:
+        raise MalformedAnswer("encoding", f"content encoding {name[:40]!r}")
+    for wbits in candidates:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(raw, cap + 1)
+        except zlib.error:
+            continue
+        if len(out) > cap or inflater.unconsumed_tail:
+            raise MalformedAnswer("too_large", f"more than {cap} bytes once decompressed")
+        if not inflater.eof:
+            raise MalformedAnswer("encoding", f"truncated {name} stream")
+        return out
+    raise MalformedAnswer("encoding", f"broken {name} stream")
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The body as sent, refusing more than ``cap`` bytes before reading them all."""
+    declared = resp.content_length
+    if declared is not None and declared > cap:
+        raise MalformedAnswer("too_large", f"Content-Length {declared} over {cap}")
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(8192):
+        body += chunk
+        if len(body) > cap:
+            raise MalformedAnswer("too_large", f"more than {cap} bytes")
+    return bytes(body)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float:
@@ -140,24 +210,30 @@ def parse_rate(body: str) -> int | None:
 
 
 def create_session(*, concurrency: int, timeout: float) -> aiohttp.ClientSession:
-    """One session per process: pooled keep-alive connections, a bound per call."""
+    """One session per process: pooled keep-alive connections, a bound per call.
+
+    Decompression is ours (``decode_body``, bounded), not aiohttp's.
+    """
     connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=30.0)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout),
-        headers={"Accept": "application/json"},
+        headers={"Accept": "application/json", "Accept-Encoding": "gzip, deflate"},
+        auto_decompress=False,
     )
 
 
 class AccrualClient:
     def __init__(self, session: aiohttp.ClientSession, base_url: str, gate: Gate,
-                 stats: WorkerStats, *, retries: int = 4, retry_wait_max: float = 2.0) -> None:
+                 stats: WorkerStats, *, retries: int = 4, retry_wait_max: float = 2.0,
+                 max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._gate = gate
         self._stats = stats
         self._retries = max(retries, 1)
         self._retry_wait_max = retry_wait_max
+        self._cap = max(max_answer_bytes, 1024)
 
     async def ask(self, number: str, *, deadline: float,
                   log: structlog.typing.FilteringBoundLogger) -> Answer:
@@ -197,11 +273,20 @@ class AccrualClient:
                         log: structlog.typing.FilteringBoundLogger) -> Answer:
         stats = self._stats
         started = time.perf_counter()
+        body = b""
+        refused: MalformedAnswer | None = None
         try:
-            async with self._session.get(f"{self._base}/api/orders/{number}") as resp:
-                body = await resp.read()
+            async with self._session.get(f"{self._base}/api/orders/{quote(number, safe='')}",
+                                         allow_redirects=False) as resp:
                 code = resp.status
                 retry_after = resp.headers.get("Retry-After")
+                if code in (200, 429):  # the only answers whose body we read
+                    try:
+                        raw = await read_capped(resp, self._cap)
+                        body = decode_body(raw, resp.headers.get("Content-Encoding", ""),
+                                           self._cap)
+                    except MalformedAnswer as exc:
+                        refused = exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             stats.accrual_call(None, time.perf_counter() - started)
             log.debug("accrual call", outcome="error", error=repr(exc))
@@ -209,11 +294,11 @@ class AccrualClient:
         stats.accrual_call(code, time.perf_counter() - started)
         if code == 200:
             try:
-                answer = parse_order_answer(body)
+                if refused is not None:
+                    raise refused
+                answer = parse_order_answer(body, number)
             except MalformedAnswer as exc:
-                stats.malformed_answer()
-                log.warning("malformed accrual answer", error=str(exc), body=body[:200])
-                return Failed(f"malformed answer: {exc}")
+                return self._malformed(exc, body, log)
             log.debug("accrual call", outcome=200, status=answer.status, accrual=answer.accrual)
             return answer
         if code == 204:
@@ -222,15 +307,23 @@ class AccrualClient:
         if code == 429:
             seconds = parse_retry_after(retry_after)
             rate = parse_rate(body.decode("utf-8", "replace"))
-            log.warning("accrual rate limited", retry_after=seconds, rate_per_minute=rate)
+            log.warning("accrual rate limited", retry_after=seconds,
+                        header=(retry_after or "")[:64], rate_per_minute=rate)
             try:
                 await self._gate.record_429(seconds, rate)
             except DB_ERRORS as exc:
                 # This process is paused already; the others learn at their next 429.
                 log.error("cannot record the accrual pause", error=repr(exc))
-            return RateLimited(seconds, rate)
+            return RateLimited(self._gate.policy.clamp(seconds), rate)
         if code >= 500:
             log.debug("accrual call", outcome=code)
             raise _Transient(f"status {code}")
-        log.warning("unexpected accrual answer", outcome=code, body=body[:200])
-        return Failed(f"status {code}")
+        # A redirect (never followed) or a status the contract does not have.
+        return self._malformed(MalformedAnswer("status", f"status {code}"), b"", log)
+
+    def _malformed(self, exc: MalformedAnswer, body: bytes,
+                   log: structlog.typing.FilteringBoundLogger) -> Failed:
+        self._stats.malformed_answer(exc.reason)
+        log.warning("malformed accrual answer", reason=exc.reason, error=str(exc),
+                    body=body[:120].decode("utf-8", "replace") if body else None)
+        return Failed(f"malformed answer ({exc.reason}): {exc}")

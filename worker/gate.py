@@ -6,12 +6,19 @@ by the pause notification, by every claim, and by its own 429s.
 Pacing reserves call slots from the shared ``next_slot`` a few at a time, so
 the whole fleet shares one schedule; without a known limit nothing is paced
 and no round trip is spent on it.
+
+Nothing the accrual system says can stop the fleet for ever or make it spin:
+``Retry-After`` is clamped to a floor and a ceiling (a 429 without a usable
+one pauses for the default), a 429 right after a pause doubles the next
+one, and a learned limit is forgotten ``rate_ttl`` seconds after the 429
+that announced it, so the fleet returns to full speed by itself.
 """
 
 import asyncio
 import math
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -26,15 +33,33 @@ _STALE_SLOT = 0.25
 _RESERVE_HORIZON = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class GatePolicy:
+    """How much of what a 429 says is believed (all settings, see README)."""
+
+    pause_min: float = 1.0  # Retry-After floor: "retry after 0" must not spin
+    pause_max: float = 600.0  # Retry-After ceiling, also for doubled pauses
+    rate_ttl: float = 600.0  # seconds a learned rate limit holds
+    share: float = 0.97  # of the learned limit the fleet paces itself to
+
+    def clamp(self, seconds: float) -> float:
+        if not math.isfinite(seconds):
+            return self.pause_max
+        return min(max(seconds, self.pause_min), max(self.pause_max, self.pause_min))
+
+
 class Gate:
-    def __init__(self, db: queue.Executor, stats: WorkerStats, *, share: float = 0.97,
+    def __init__(self, db: queue.Executor, stats: WorkerStats, *,
+                 policy: GatePolicy | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self._db = db
         self._stats = stats
-        self._share = share
+        self.policy = policy or GatePolicy()
+        self._share = self.policy.share
         self._clock = clock or asyncio.get_running_loop().time
         self._paused_until = 0.0
         self._rate: int | None = None
+        self._rate_until = 0.0
         self._slots: deque[float] = deque()
         self._lock = asyncio.Lock()
         self._waiters = 0
@@ -44,39 +69,76 @@ class Gate:
 
     @property
     def rate_per_minute(self) -> int | None:
+        self._expire_rate()
         return self._rate
 
     def interval(self) -> float | None:
         """Seconds between two calls fleet-wide, or None when nothing is paced."""
+        self._expire_rate()
         if self._rate is None:
             return None
         return 60.0 / (self._rate * self._share)
 
+    def _expire_rate(self) -> None:
+        if self._rate is not None and self._clock() >= self._rate_until:
+            log.info("accrual rate limit forgotten", rate_per_minute=self._rate)
+            self._rate = None
+            self._slots.clear()
+            self._stats.gate(self.pause_left(), None)
+
     def note(self, state: queue.GateState) -> None:
-        """Learn the gate's state (from a claim, a notification or our own 429)."""
+        """Learn the gate's state (from a claim, a notification or our own 429).
+
+        A pause only ever grows here (a claim that started before a 429 must
+        not lift it); a learned rate is dropped only once its own time is up.
+        """
+        now = self._clock()
         if state.pause_left > 0:
-            until = self._clock() + state.pause_left
+            until = now + state.pause_left
             if until > self._paused_until + 0.05:  # the same pause heard twice
                 self._paused_until = until
                 # Slots reserved before the pause may fall inside it.
                 self._slots.clear()
                 log.warning("accrual calls paused", seconds=round(state.pause_left, 3),
                             rate_per_minute=state.rate_per_minute)
-        if state.rate_per_minute is not None and state.rate_per_minute != self._rate:
-            self._rate = state.rate_per_minute
-            self._slots.clear()
-            log.info("accrual calls paced", rate_per_minute=self._rate,
-                     interval=round(self.interval() or 0, 4))
+        if state.rate_per_minute is not None:
+            self._rate_until = now + (state.rate_left or self.policy.rate_ttl)
+            if state.rate_per_minute != self._rate:
+                self._rate = state.rate_per_minute
+                self._slots.clear()
+                log.info("accrual calls paced", rate_per_minute=self._rate,
+                         interval=round(self.interval() or 0, 4),
+                         for_seconds=round(self._rate_until - now, 1))
+        self._expire_rate()
         self._stats.gate(self.pause_left(), self._rate)
 
+    def forget(self) -> None:
+        """An operator reset the gate: no pause, no learned limit, from now on."""
+        self._paused_until = 0.0
+        self._rate = None
+        self._rate_until = 0.0
+        self._slots.clear()
+        log.warning("accrual gate reset by an operator")
+        self._stats.gate(0.0, None)
+
     async def record_429(self, retry_after: float, rate: int | None) -> None:
-        """Pause the whole fleet; skip the write when a known pause already covers it."""
-        covered = self.pause_left() >= retry_after - 0.5 and (rate is None or rate == self._rate)
-        self.note(queue.GateState(retry_after, rate))  # stop our own calls at once
+        """Pause the whole fleet; skip the write when a known pause already covers it.
+
+        ``retry_after`` is what the answer said (parsed); it is clamped here.
+        """
+        seconds = self.policy.clamp(retry_after)
+        self._expire_rate()
+        covered = self.pause_left() >= seconds - 0.5 and (rate is None or rate == self._rate)
+        # Stop our own calls at once; a 429 without a rate keeps the one we know.
+        self.note(queue.GateState(seconds, rate if rate is not None else self._rate,
+                                  max(self._rate_until - self._clock(), 0.0)
+                                  if rate is None else self.policy.rate_ttl))
         if covered:
             return
-        self.note(await queue.record_pause(self._db, seconds=retry_after,
-                                           rate_per_minute=rate))
+        self._stats.paused()
+        self.note(await queue.record_pause(self._db, seconds=seconds, rate_per_minute=rate,
+                                           ceiling=self.policy.pause_max,
+                                           rate_ttl=self.policy.rate_ttl))
 
     async def wait_slot(self, deadline: float) -> float:
         """Wait for this process's next paced call slot.

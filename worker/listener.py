@@ -22,11 +22,13 @@ log = structlog.get_logger(__name__)
 
 class Listener:
     def __init__(self, dsn: str, *, on_new_order: Callable[[], None],
-                 on_pause: Callable[[queue.GateState], None], check_interval: float = 5.0,
+                 on_pause: Callable[[queue.GateState], None],
+                 on_reset: Callable[[], None] | None = None, check_interval: float = 5.0,
                  timeout: float = 5.0, max_backoff: float = 5.0) -> None:
         self._dsn = dsn
         self._on_new_order = on_new_order
         self._on_pause = on_pause
+        self._on_reset = on_reset
         self._check_interval = check_interval
         self._timeout = timeout
         self._max_backoff = max_backoff
@@ -89,7 +91,12 @@ class Listener:
 
     def _pause_notified(self, _conn: object, _pid: object, _channel: object,
                         payload: object) -> None:
-        state = queue.parse_pause_payload(str(payload))
+        text = str(payload)
+        if text == queue.RESET_PAYLOAD:
+            if self._on_reset is not None:
+                self._on_reset()
+            return
+        state = queue.parse_pause_payload(text)
         if state is not None:
             self._on_pause(state)
 

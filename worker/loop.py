@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
+import asyncpg
 import structlog
 
 from db import queue
@@ -31,6 +32,22 @@ log = structlog.get_logger(__name__)
 
 _MAX_APPLY_BATCH = 1000
 _APPLY_TRIES = 3
+# Paced, a process holds at most this many seconds of call slots' worth of
+# orders: an order claimed now is asked within about this long, so a fresh
+# order never waits behind a long local backlog (the fair claim decides).
+_PACED_BUFFER = 1.0
+
+
+def unappliable(exc: BaseException) -> bool:
+    """A database error caused by the data of one answer, not by the database's state.
+
+    Class 22 (data exception: a balance that would overflow numeric(18,2)) and
+    class 23 (integrity: a CHECK) fail again whenever that answer is applied;
+    anything else (a lost connection, a timeout, a deadlock) may pass on retry.
+    """
+    state = getattr(exc, "sqlstate", None)
+    return isinstance(exc, asyncpg.PostgresError) and isinstance(state, str) \
+        and state[:2] in ("22", "23")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +107,10 @@ class Worker:
         capacity = config.concurrency + config.batch_size
         interval = self._gate.interval()
         if interval is not None:
-            # Paced: hold no more orders than a quarter lease of slots serves,
-            # so none waits for a slot past its lease.
-            capacity = min(capacity, max(1, int(config.lease / 4 / interval)))
+            # Paced: hold no more orders than a second of slots serves (and a
+            # quarter lease at most, so none waits for a slot past its lease).
+            horizon = min(config.lease / 4, _PACED_BUFFER)
+            capacity = min(capacity, max(1, int(horizon / interval)))
         return capacity
 
     async def _claim_loop(self) -> None:
@@ -168,10 +186,16 @@ class Worker:
         return queue.Result(order.id, order.attempts, None, None, delay, refund_attempt=True)
 
     def _to_result(self, order: queue.ClaimedOrder, answer: Answer) -> queue.Result:
-        again = self._config.backoff.delay(order.attempts)
+        backoff = self._config.backoff
+        # Orders the accrual system does not know (yet) are asked ever more
+        # rarely as they age; one it is processing keeps the short schedule.
+        again = backoff.delay(order.attempts, order.age)
         match answer:
             case Status(status="PROCESSED" | "INVALID" as status, accrual=accrual):
                 return queue.Result(order.id, order.attempts, status, accrual, 0.0)
+            case Status(status="PROCESSING"):
+                return queue.Result(order.id, order.attempts, "PROCESSING", None,
+                                    backoff.delay(order.attempts))
             case Status(status=status):
                 return queue.Result(order.id, order.attempts, status, None, again)
             case NotKnown():
@@ -208,7 +232,7 @@ class Worker:
             applied: list[queue.Applied] = []
             for attempt in range(1, _APPLY_TRIES + 1):
                 try:
-                    applied = await queue.apply_results(self._db, [r for _, r in batch])
+                    applied = await self._apply_isolated(batch)
                     break
                 except queue.DB_ERRORS as exc:
                     # The orders stay leased and come back when the lease ends.
@@ -222,6 +246,39 @@ class Worker:
         finally:
             self._in_flight -= len(batch)
             self._room.set()
+
+    async def _apply_isolated(
+            self, batch: list[tuple[queue.ClaimedOrder, queue.Result]]) -> list[queue.Applied]:
+        """Apply a batch; when one answer cannot be applied, split until it stands alone.
+
+        The answer that fails on its own is set aside (its order put back for
+        later with the reason in ``orders.problem``) and every other answer
+        of the batch is applied: one bad answer never holds back the rest.
+        """
+        try:
+            return await queue.apply_results(self._db, [r for _, r in batch])
+        except queue.DB_ERRORS as exc:
+            if not unappliable(exc):
+                raise
+            if len(batch) > 1:
+                half = len(batch) // 2
+                return [*await self._apply_isolated(batch[:half]),
+                        *await self._apply_isolated(batch[half:])]
+            (order, result), = batch
+            return await self._set_aside(order, result, exc)
+
+    async def _set_aside(self, order: queue.ClaimedOrder, result: queue.Result,
+                         exc: BaseException) -> list[queue.Applied]:
+        self._stats.set_aside()
+        reason = f"{getattr(exc, 'sqlstate', '')} {exc}"[:500]
+        backoff = self._config.backoff
+        delay = max(backoff.cap, backoff.delay(order.attempts, order.age))
+        log.error("answer cannot be applied; order set aside", order=order.number,
+                  attempt=order.attempts, status=result.status, accrual=result.accrual,
+                  error=reason, retry_in=round(delay, 1))
+        aside = queue.Result(order.id, order.attempts, None, None, delay, problem=reason)
+        await queue.apply_results(self._db, [aside])
+        return []  # nothing of this order changed but its schedule
 
     def _wake_when_due(self, batch: list[tuple[queue.ClaimedOrder, queue.Result]],
                        applied: list[queue.Applied]) -> None:

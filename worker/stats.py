@@ -11,6 +11,8 @@ from shared.metrics import LATENCY_BUCKETS, ORDER_STATUSES, new_registry
 
 # Outcomes of one accrual HTTP attempt (retries count one each).
 ACCRUAL_OUTCOMES = ("200", "204", "429", "5xx", "error")
+# Why an answer was refused (worker.accrual_client.MalformedAnswer.reason).
+MALFORMED_REASONS = ("too_large", "encoding", "json", "shape", "order", "accrual", "status")
 
 
 def accrual_outcome(status: int | None) -> str:
@@ -34,8 +36,17 @@ class WorkerStats:
             "Accrual system HTTP attempt latency by outcome.",
             ("outcome",), buckets=LATENCY_BUCKETS, registry=self.registry)
         self._calls = {o: (calls.labels(o), latency.labels(o)) for o in ACCRUAL_OUTCOMES}
-        self._malformed = Counter(
-            "gophermart_accrual_malformed_answers", "200 answers the worker could not read.",
+        malformed = Counter(
+            "gophermart_accrual_malformed_answers",
+            "Answers refused: too_large (over the size cap, compressed or not), encoding "
+            "(unknown or broken Content-Encoding), json, shape (not the documented object), "
+            "order (about another order), accrual (out of range), status (a redirect or "
+            "a status the contract does not have).",
+            ("reason",), registry=self.registry)
+        self._malformed = {r: malformed.labels(r) for r in MALFORMED_REASONS}
+        self._pauses = Counter(
+            "gophermart_accrual_pauses",
+            "Fleet-wide pauses this replica recorded after a 429 (not those it heard of).",
             registry=self.registry)
         self._pause = Gauge(
             "gophermart_accrual_pause_seconds",
@@ -57,6 +68,11 @@ class WorkerStats:
             "gophermart_worker_orders_rescheduled",
             "Orders put back for later after a failed or paused accrual call.",
             registry=self.registry)
+        self._set_aside = Counter(
+            "gophermart_worker_orders_set_aside",
+            "Answers that could not be applied (e.g. a balance would overflow): the order "
+            "is put back with its reason in orders.problem, and its batch goes on.",
+            registry=self.registry)
 
     # -- recording ------------------------------------------------------------
 
@@ -66,8 +82,14 @@ class WorkerStats:
         count.inc()
         latency.observe(seconds)
 
-    def malformed_answer(self) -> None:
-        self._malformed.inc()
+    def malformed_answer(self, reason: str) -> None:
+        self._malformed.get(reason, self._malformed["shape"]).inc()
+
+    def paused(self) -> None:
+        self._pauses.inc()
+
+    def set_aside(self) -> None:
+        self._set_aside.inc()
 
     def claimed(self, orders: int) -> None:
         self._claim_batch.observe(orders)
@@ -97,7 +119,14 @@ class WorkerStats:
 
     @property
     def malformed_answers(self) -> int:
-        return self._read("gophermart_accrual_malformed_answers_total")
+        return sum(self.malformed(r) for r in MALFORMED_REASONS)
+
+    def malformed(self, reason: str) -> int:
+        return self._read("gophermart_accrual_malformed_answers_total", reason=reason)
+
+    @property
+    def set_aside_count(self) -> int:
+        return self._read("gophermart_worker_orders_set_aside_total")
 
     @property
     def rate_per_minute(self) -> int:
@@ -108,6 +137,9 @@ class WorkerStats:
             **{f"calls_{o}": self.calls(o) for o in ACCRUAL_OUTCOMES},
             **{f"applied_{s.lower()}": self.applied_count(s) for s in ORDER_STATUSES},
             "rescheduled": self._read("gophermart_worker_orders_rescheduled_total"),
+            "malformed": self.malformed_answers,
+            "set_aside": self.set_aside_count,
+            "pauses": self._read("gophermart_accrual_pauses_total"),
             "claims": self._read("gophermart_worker_claim_batch_size_count"),
             "claimed_orders": self._read("gophermart_worker_claim_batch_size_sum"),
         }
