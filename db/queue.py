@@ -67,10 +67,13 @@ _DUE = f"{_PENDING} AND o.next_attempt_at <= now()"
 # orders one index descent at a time (orders_queue is (lane, user_id,
 # next_attempt_at)), from a random user round to the same one, at most $1
 # users; take a few due orders of each, and rank them turn by turn: every
-# user's first order, then every user's second... So one user's thousands of
-# due orders cost the others one turn each, and the work per claim is bounded
-# by $1 users and 3 x $1 rows whatever the queue holds. The final SELECT locks
-# with SKIP LOCKED in that order, so concurrent claimers split the candidates.
+# user's first order, then every user's second... Within a turn the user with
+# fewer due orders goes first (ties by lot), so a claim of one order, the
+# usual size when calls are paced, goes to the light user rather than to
+# whoever has waited longest: one user's thousands of due orders cost the
+# others nothing but their own turn. The work per claim is bounded by $1
+# users and 3 x $1 rows whatever the queue holds. The final SELECT locks with
+# SKIP LOCKED in that order, so concurrent claimers split the candidates.
 _CLAIM = f"""
 WITH RECURSIVE gate AS (
     SELECT CASE WHEN paused_until > now()
@@ -106,24 +109,25 @@ WITH RECURSIVE gate AS (
             (SELECT o.user_id FROM orders o
              WHERE {_DUE} AND o.lane = w.lane AND o.user_id < s.id
              ORDER BY o.user_id LIMIT 1) END) AS user_id) f
-    WHERE f.user_id IS NOT NULL AND w.n < $1
+    WHERE f.user_id IS NOT NULL AND w.n < greatest($1, 32)
 ), users_found AS (
     SELECT count(*) AS n FROM walk
 ), candidates AS (
     SELECT c.id, w.lane, c.next_attempt_at,
-           row_number() OVER (PARTITION BY w.lane, w.user_id ORDER BY c.next_attempt_at) AS turn
+           row_number() OVER (PARTITION BY w.lane, w.user_id ORDER BY c.next_attempt_at) AS turn,
+           count(*) OVER (PARTITION BY w.lane, w.user_id) AS backlog
     FROM walk w CROSS JOIN LATERAL (
         SELECT o.id, o.next_attempt_at FROM orders o
         WHERE {_DUE} AND o.lane = w.lane AND o.user_id = w.user_id
         ORDER BY o.next_attempt_at
         LIMIT (SELECT ceil(3.0 * $1 / n) FROM users_found)) c
 ), picked AS (
-    SELECT id, lane, turn, next_attempt_at FROM candidates
-    ORDER BY lane, turn, next_attempt_at LIMIT 3 * $1
+    SELECT id, lane, turn, backlog, random() AS luck FROM candidates
+    ORDER BY lane, turn, backlog, luck LIMIT 3 * $1
 ), locked AS (
     SELECT o.id FROM orders o JOIN picked p ON p.id = o.id
     WHERE {_DUE}
-    ORDER BY p.lane, p.turn, p.next_attempt_at
+    ORDER BY p.lane, p.turn, p.backlog, p.luck
     LIMIT $1
     FOR UPDATE OF o SKIP LOCKED
 ), more AS (
@@ -256,15 +260,17 @@ async def apply_results(db: Executor, results: Sequence[Result]) -> list[Applied
 
 # A 429 pauses the fleet for $1 seconds (already clamped to the floor and the
 # ceiling by the caller), never shortening a running pause. A 429 that comes
-# back within one pause length after the last pause ended is a repeat: the
-# pause doubles (up to the ceiling, $4 seconds) and a strike is counted. A
+# back within 10 s (or one pause length, if longer) after the last pause ended
+# is a repeat: the pause doubles (up to the ceiling, $4 seconds) and a strike
+# is counted. A
 # 429 during a pause was in flight when it began and changes nothing but the
 # end. A rate in the answer ($2) is believed for $5 seconds, then forgotten.
 _RECORD_PAUSE = """
 WITH cur AS (
     SELECT paused_until > now() AS pausing,
            CASE WHEN isfinite(paused_from) AND isfinite(paused_until)
-                THEN now() < paused_until + (paused_until - paused_from)
+                THEN now() < paused_until + greatest(paused_until - paused_from,
+                                                     interval '10 seconds')
                 ELSE false END AS repeat,
            CASE WHEN isfinite(paused_from) AND isfinite(paused_until)
                 THEN extract(epoch FROM paused_until - paused_from)::float8
@@ -363,7 +369,8 @@ class GateReport:
 
 
 _GATE_REPORT = """
-SELECT greatest(extract(epoch FROM paused_until - now())::float8, 0) AS pause_left,
+SELECT CASE WHEN paused_until > now()
+            THEN extract(epoch FROM paused_until - now())::float8 ELSE 0 END AS pause_left,
        CASE WHEN isfinite(paused_from) THEN paused_from END AS paused_from,
        CASE WHEN isfinite(paused_until) THEN paused_until END AS paused_until,
        strikes,
@@ -382,20 +389,29 @@ async def gate_report(db: Executor) -> GateReport:
 
 
 # Lift the pause, forget the learned rate and the strikes, free the slot
-# schedule, and tell every replica at once (a zero pause, no rate).
+# schedule, make the orders put back until the pause's end due now, and tell
+# every replica at once.
 _RESET_GATE = """
 WITH g AS (
-    UPDATE accrual_gate
+    UPDATE accrual_gate a
     SET paused_until = '-infinity', paused_from = '-infinity', strikes = 0,
         rate_per_minute = NULL, rate_until = '-infinity', next_slot = '-infinity'
+    FROM (SELECT paused_until FROM accrual_gate) old
+    RETURNING old.paused_until AS old_until
+), released AS (
+    UPDATE orders SET next_attempt_at = now()
+    WHERE status IN ('NEW', 'PROCESSING') AND next_attempt_at > now()
+      AND next_attempt_at <= (SELECT old_until FROM g) + interval '1 second'
     RETURNING 1
 )
-SELECT pg_notify($1, $2) FROM g
+SELECT (SELECT count(*) FROM released) AS released, pg_notify($1, $2) FROM g
 """
 
 
-async def reset_gate(db: Executor) -> None:
-    await db.execute(_RESET_GATE, PAUSE_CHANNEL, RESET_PAYLOAD)
+async def reset_gate(db: Executor) -> int:
+    """Reset the gate; the number of orders that were waiting for the pause to end."""
+    released: int = await db.fetchval(_RESET_GATE, PAUSE_CHANNEL, RESET_PAYLOAD)
+    return released
 
 
 # Orders set aside because their answer could not be applied, for operators.
@@ -415,10 +431,14 @@ async def problem_orders(db: Executor, limit: int = 100) -> list[asyncpg.Record]
 
 # Slots never start before the pause ends; the answer is relative to the
 # database's clock, so hosts whose clocks differ still share one schedule.
+# The schedule never runs more than 64 slots of the current interval ahead:
+# slots reserved under a tiny limit (one a minute, say) that has since been
+# forgotten or replaced must not hold back the calls of the faster one.
 _RESERVE_SLOTS = """
 WITH g AS (
     UPDATE accrual_gate
-    SET next_slot = greatest(next_slot, paused_until, now())
+    SET next_slot = greatest(least(next_slot, now() + 64 * $2::float8 * interval '1 second'),
+                             paused_until, now())
                     + $1::int * $2::float8 * interval '1 second'
     RETURNING next_slot
 )

@@ -11,7 +11,7 @@ import asyncpg
 from aiohttp import web
 
 from worker.accrual_client import AccrualClient, create_session
-from worker.gate import Gate
+from worker.gate import Gate, GatePolicy
 from worker.listener import Listener
 from worker.loop import LoopConfig, Worker
 from worker.stats import WorkerStats
@@ -100,16 +100,21 @@ class Harness:
 @asynccontextmanager
 async def running_worker(pool: asyncpg.Pool, dsn: str, base_url: str, *,
                          listen: bool = True, retries: int = 3,
+                         policy: GatePolicy | None = None, http_timeout: float = 2.0,
                          **config: Any) -> AsyncIterator[Harness]:
     """A worker (and its listener) running against ``pool`` until the block ends."""
     stats = WorkerStats()
-    gate = Gate(pool, stats)
-    session = create_session(concurrency=config.get("concurrency", 8), timeout=2.0)
+    gate = Gate(pool, stats, policy=policy)
+    session = create_session(concurrency=config.get("concurrency", 8), timeout=http_timeout)
     client = AccrualClient(session, base_url, gate, stats, retries=retries,
                            retry_wait_max=0.05)
     worker = Worker(pool, client, gate, stats, LoopConfig(**config))
+    def reset() -> None:
+        gate.forget()
+        worker.wake()
+
     listener = Listener(dsn, on_new_order=worker.wake, on_pause=gate.note,
-                        check_interval=0.5)
+                        on_reset=reset, check_interval=0.5)
     tasks = [asyncio.create_task(worker.run())]
     if listen:
         tasks.append(asyncio.create_task(listener.run()))

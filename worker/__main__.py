@@ -97,8 +97,12 @@ async def _run(settings: WorkerSettings, pool: queue.Executor,
                            retries=settings.accrual_retries,
                            max_answer_bytes=settings.accrual_max_answer_bytes)
     worker = Worker(pool, client, gate, stats, loop_config(settings))
+    def reset() -> None:  # an operator reset the gate: resume at once
+        gate.forget()
+        worker.wake()
+
     listener = Listener(settings.database_uri, on_new_order=worker.wake, on_pause=gate.note,
-                        on_reset=gate.forget, timeout=settings.db_timeout)
+                        on_reset=reset, timeout=settings.db_timeout)
     listening = asyncio.create_task(listener.run(), name="listener")
 
     async def stop_when_asked() -> None:

@@ -31,8 +31,9 @@ async def _gate_show(conn: asyncpg.Connection) -> dict[str, Any]:
 
 async def _gate_reset(conn: asyncpg.Connection) -> dict[str, Any]:
     before = await _gate_show(conn)
-    await queue.reset_gate(conn)
-    return {"reset": True, "before": before["gate"], **await _gate_show(conn)}
+    released = await queue.reset_gate(conn)
+    return {"reset": True, "released_orders": released, "before": before["gate"],
+            **await _gate_show(conn)}
 
 
 async def _problems(conn: asyncpg.Connection) -> dict[str, Any]:

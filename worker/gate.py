@@ -128,7 +128,9 @@ class Gate:
         """
         seconds = self.policy.clamp(retry_after)
         self._expire_rate()
-        covered = self.pause_left() >= seconds - 0.5 and (rate is None or rate == self._rate)
+        pause = self.pause_left()
+        covered = pause > 0 and pause >= seconds - min(0.5, seconds / 4) \
+            and (rate is None or rate == self._rate)
         # Stop our own calls at once; a 429 without a rate keeps the one we know.
         self.note(queue.GateState(seconds, rate if rate is not None else self._rate,
                                   max(self._rate_until - self._clock(), 0.0)
@@ -165,7 +167,8 @@ class Gate:
                     self._slots.extend(base + i * interval for i in range(count))
                 slot = self._slots[0]
                 if slot > deadline:
-                    return slot - now
+                    # Not before the slot, unless the limit will be forgotten first.
+                    return max(min(slot, self._rate_until) - now, 0.001)
                 self._slots.popleft()
         finally:
             self._waiters -= 1

@@ -94,6 +94,9 @@ class Worker:
         return self._stopping.is_set()
 
     async def run(self) -> None:
+        # Learn a pause or a limit before the first claim sizes its batch by them.
+        with contextlib.suppress(*queue.DB_ERRORS):
+            self._gate.note(await queue.read_gate(self._db))
         applier = asyncio.create_task(self._apply_loop(), name="accrual-applier")
         try:
             await self._claim_loop()
@@ -119,7 +122,9 @@ class Worker:
         while not self.stopping:
             pause = self._gate.pause_left()
             if pause > 0:
-                await self._sleep(self._stopping, pause)
+                # A wake (an operator's reset, a stop) ends the sleep early.
+                self._wake.clear()
+                await self._sleep(self._wake, pause)
                 continue
             room = self._capacity() - self._in_flight
             if room <= 0:
