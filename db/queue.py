@@ -113,28 +113,28 @@ WITH RECURSIVE gate AS (
 ), users_found AS (
     SELECT count(*) AS n FROM walk
 ), candidates AS (
-    SELECT c.id, w.lane, c.next_attempt_at,
+    SELECT c.id, c.ctid, w.lane, c.next_attempt_at,
            row_number() OVER (PARTITION BY w.lane, w.user_id ORDER BY c.next_attempt_at) AS turn,
            count(*) OVER (PARTITION BY w.lane, w.user_id) AS backlog
     FROM walk w CROSS JOIN LATERAL (
-        SELECT o.id, o.next_attempt_at FROM orders o
+        SELECT o.id, o.ctid, o.next_attempt_at FROM orders o
         WHERE {_DUE} AND o.lane = w.lane AND o.user_id = w.user_id
         ORDER BY o.next_attempt_at
         LIMIT (SELECT ceil(3.0 * $1 / n) FROM users_found)) c
 ), picked AS (
-    SELECT id, lane, turn, backlog, random() AS luck FROM candidates
-    ORDER BY lane, turn, backlog, luck LIMIT 3 * $1
+    SELECT ARRAY(SELECT ctid FROM candidates
+                 ORDER BY lane, turn, backlog, random() LIMIT 3 * $1) AS ctids
 ), locked AS (
-    SELECT o.id FROM orders o JOIN picked p ON p.id = o.id
-    WHERE {_DUE}
-    ORDER BY p.lane, p.turn, p.backlog, p.luck
+    SELECT o.ctid FROM orders o
+    WHERE o.ctid = ANY(ARRAY(SELECT unnest(ctids) FROM picked)) AND {_DUE}
+    ORDER BY array_position((SELECT ctids FROM picked), o.ctid)
     LIMIT $1
     FOR UPDATE OF o SKIP LOCKED
 ), more AS (
     -- Claimers running at the same moment see the same candidates; whoever
     -- finds them taken fills the batch first come, first served instead.
-    SELECT o.id FROM orders o
-    WHERE {_DUE} AND o.id NOT IN (SELECT id FROM locked)
+    SELECT o.ctid FROM orders o
+    WHERE {_DUE} AND o.ctid <> ALL(ARRAY(SELECT ctid FROM locked))
       AND NOT EXISTS (SELECT 1 FROM accrual_gate WHERE paused_until > now())
     ORDER BY o.next_attempt_at
     LIMIT (SELECT $1 - count(*) FROM locked)
@@ -143,7 +143,7 @@ WITH RECURSIVE gate AS (
     UPDATE orders o
     SET next_attempt_at = now() + $2::float8 * interval '1 second',
         attempts = attempts + 1
-    FROM (SELECT id FROM locked UNION ALL SELECT id FROM more) l WHERE o.id = l.id
+    WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM locked UNION ALL SELECT ctid FROM more))
     RETURNING o.id, o.number, o.attempts, o.status,
               extract(epoch FROM now() - o.uploaded_at)::float8 AS age
 )
@@ -416,9 +416,10 @@ async def reset_gate(db: Executor) -> int:
 
 # Orders set aside because their answer could not be applied, for operators.
 _PROBLEMS = """
-SELECT o.number, u.login, o.status, o.attempts, o.problem,
+SELECT o.number, (SELECT login FROM users WHERE id = o.user_id) AS login, o.status,
+       o.attempts, o.problem,
        greatest(extract(epoch FROM o.next_attempt_at - now())::float8, 0) AS due_in
-FROM orders o JOIN users u ON u.id = o.user_id
+FROM orders o
 WHERE o.problem IS NOT NULL AND o.status IN ('NEW', 'PROCESSING')
 ORDER BY o.id
 LIMIT $1

@@ -7,11 +7,14 @@
 ALTER TABLE orders
     ADD COLUMN lane smallint GENERATED ALWAYS AS (CASE WHEN attempts < 8 THEN 0 ELSE 1 END) STORED;
 
+-- (lane IS NOT NULL is always true: it keeps statements that do not name a
+-- lane on orders_due, whose leading column bounds them.)
 CREATE INDEX orders_queue ON orders (lane, user_id, next_attempt_at)
-    WHERE status IN ('NEW', 'PROCESSING');
+    WHERE status IN ('NEW', 'PROCESSING') AND lane IS NOT NULL;
 
 -- Why an answer could not be applied (set aside, retried later); NULL when fine.
 ALTER TABLE orders ADD COLUMN problem text;
+CREATE INDEX orders_problems ON orders (id) WHERE problem IS NOT NULL;
 
 -- paused_from: when the current pause began, so that a 429 arriving right after
 -- a pause ended doubles the next one (strikes counts such repeats).
