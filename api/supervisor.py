@@ -25,6 +25,7 @@ reaches any child reports the whole API.
 import asyncio
 import math
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -159,7 +160,15 @@ class Supervisor:
         port = reservation.getsockname()[1]
         metrics_dir = tempfile.mkdtemp(prefix="gophermart-api-metrics-")
         read_end, write_end = os.pipe()
-        base = {**os.environ, **to_environ(self.settings), "API_PROCESSES": "1",
+        secret = {}
+        if not self.settings.session_secret:
+            # One random secret for all: each child making its own would refuse
+            # the tokens its siblings hand out.
+            log.warning("SESSION_SECRET is not set: using a random secret; every login "
+                        "ends when the API stops and other replicas will not accept its "
+                        "tokens")
+            secret["SESSION_SECRET"] = secrets.token_urlsafe(32)
+        base = {**os.environ, **to_environ(self.settings), **secret, "API_PROCESSES": "1",
                 "RUN_ADDRESS": _address(host, port), PARENT_PIPE_ENV: str(read_end),
                 METRICS_DIR_ENV: metrics_dir}
         envs = [base | budget for budget in child_budgets(self.settings, self.processes)]

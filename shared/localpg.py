@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+from shared.private_files import read_private, write_private
+
 # Durability off: for throwaway test clusters only.
 FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
@@ -111,7 +113,7 @@ class LocalPostgres:
     def password(self) -> str:
         if self._password is None:
             assert self.password_file is not None
-            self._password = _read_private(self.password_file)
+            self._password = read_private(self.password_file)
         return self._password
 
     @property
@@ -167,7 +169,7 @@ class LocalPostgres:
                     f"{self.password_file} is missing, so nothing can log in to the cluster "
                     f"in {self.datadir}: restore the file, or remove {self.root} to start "
                     "afresh (its data is lost)")
-            _write_private(self.password_file, secrets.token_urlsafe(32))
+            write_private(self.password_file, secrets.token_urlsafe(32))
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)  # the socket lives here: no one else even reaches it
         self._give_away(self.root)
@@ -176,7 +178,7 @@ class LocalPostgres:
             # read, inside the private root, gone as soon as initdb is done.
             pwfile = self.root / "initdb.pw"
             pwfile.unlink(missing_ok=True)
-            _write_private(pwfile, self.password)
+            write_private(pwfile, self.password)
             self._give_away(pwfile)
             try:
                 self._run(self._cmd(str(self.bindir / "initdb"), "-D", str(self.datadir),
@@ -265,27 +267,6 @@ class LocalPostgres:
                       "-w", "-t", "60", "stop"),
             check=False, capture_output=True)
 
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Create ``path`` readable by its owner only (never replacing one that exists)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as stream:
-        stream.write(text + "\n")
-
-
-def _read_private(path: Path) -> str:
-    info = path.stat()
-    mode = info.st_mode
-    if info.st_uid != os.geteuid():
-        raise LocalPostgresError(f"{path} belongs to another user (uid {info.st_uid}); "
-                                 "it cannot be trusted")
-    if mode & 0o077:
-        raise LocalPostgresError(
-            f"{path} is readable by others (mode {mode & 0o777:o}); "
-            f"run: chmod 600 {path}")
-    return path.read_text().strip()
 
 
 def _user_exists(name: str) -> bool:

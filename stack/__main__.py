@@ -35,6 +35,7 @@ import structlog
 
 from shared import logs
 from shared.localpg import LocalPostgres, LocalPostgresError, PostgresNotFound, port_is_free
+from shared.private_files import UnsafeFile, kept_secret
 from shared.settings import StackSettings, load, split_host_port, to_environ, with_scheme
 
 log = structlog.get_logger("gophermart")
@@ -154,9 +155,8 @@ def _last_line(path: Path) -> str:
     return f"see {path}"
 
 
-@contextlib.contextmanager
-def _local_postgres(settings: StackSettings) -> Iterator[tuple[str, Child]]:
-    """The private cluster under --data-dir, run as our child: (DSN, child)."""
+def _data_dir(settings: StackSettings) -> Path:
+    """--data-dir, created private, refused when another user owns it."""
     data_dir = Path(settings.data_dir).resolve()
     as_root = os.geteuid() == 0
     # Created private. As root the server runs as another user, which must pass
@@ -169,6 +169,12 @@ def _local_postgres(settings: StackSettings) -> Iterator[tuple[str, Child]]:
                          "and a password there cannot be trusted; choose another --data-dir")
     if as_root and not info.st_mode & 0o001:
         data_dir.chmod(info.st_mode & 0o7777 | 0o001)
+    return data_dir
+
+
+@contextlib.contextmanager
+def _local_postgres(settings: StackSettings, data_dir: Path) -> Iterator[tuple[str, Child]]:
+    """The private cluster under --data-dir, run as our child: (DSN, child)."""
     with _data_dir_lock(data_dir):
         server = LocalPostgres(data_dir / "postgres", settings.local_pg_port,
                                password_file=data_dir / "postgres.password")
@@ -196,9 +202,18 @@ def _local_postgres(settings: StackSettings) -> Iterator[tuple[str, Child]]:
 def _serve(settings: StackSettings, stop: threading.Event) -> int:
     with contextlib.ExitStack() as resources:
         env = {**os.environ, **to_environ(settings)}
+        if settings.session_secret is None and settings.database_uri is None:
+            # All local: kept in the data dir next to the database it belongs to, so
+            # a restart logs nobody out. (With DATABASE_URI the API makes a random
+            # one per run, as gophermart-api does.)
+            secret_file = _data_dir(settings) / "session.secret"
+            env["SESSION_SECRET"] = kept_secret(secret_file)
+            log.info("SESSION_SECRET is not set: using the one kept in a file",
+                     file=str(secret_file))
         database: list[Child] = []
         if settings.database_uri is None:
-            env["DATABASE_URI"], postgres = resources.enter_context(_local_postgres(settings))
+            env["DATABASE_URI"], postgres = resources.enter_context(
+                _local_postgres(settings, _data_dir(settings)))
             database.append(postgres)
         children: list[Child] = []
         failed: Child | None = None
@@ -241,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         signal.signal(signum, on_signal)
     try:
         code = _serve(settings, stop)
-    except (StackError, LocalPostgresError, PostgresNotFound) as exc:
+    except (StackError, LocalPostgresError, PostgresNotFound, UnsafeFile) as exc:
         sys.exit(f"gophermart: {exc}")
     sys.exit(code)
 

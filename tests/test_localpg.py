@@ -6,6 +6,7 @@ import asyncpg
 import pytest
 
 from shared.localpg import LocalPostgres, LocalPostgresError
+from shared.private_files import UnsafeFile
 
 
 async def test_throwaway_cluster_refuses_connections_without_its_password(
@@ -23,7 +24,7 @@ def test_a_password_file_others_can_read_is_refused(tmp_path: Path) -> None:
     secret.write_text("not-so-secret\n")
     secret.chmod(0o644)
     server = LocalPostgres(tmp_path / "postgres", 1, password_file=secret)
-    with pytest.raises(LocalPostgresError, match="readable by others"):
+    with pytest.raises(UnsafeFile, match="readable by others"):
         _ = server.password
 
 

@@ -108,7 +108,12 @@ async def test_kill_9_of_the_runner_takes_every_child_down_and_the_next_run_star
     data = log_dir / "data"
     first = _runner("gophermart-1", data, ports, log_dir)
     runners.append(first)
-    assert await _register(ports.api, "survivor") == 200
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{service_url(ports.api)}/api/user/register",
+            json={"login": "survivor", "password": PASSWORD}) as response:
+        assert response.status == 200
+        token = response.headers["Authorization"]
+    assert (data / "session.secret").stat().st_mode & 0o777 == 0o600
     children = _children(first)
     assert {"postgres", "accrual-sim", "api", "worker"} <= set(children), first.log()[-2000:]
 
@@ -127,10 +132,16 @@ async def test_kill_9_of_the_runner_takes_every_child_down_and_the_next_run_star
     second = _runner("gophermart-2", data, ports, log_dir)
     runners.append(second)
     assert await _login(ports.api, "survivor") == 200  # same cluster, data kept
+    # The session secret is kept too: a token from before the kill still works.
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{service_url(ports.api)}/api/user/balance",
+            headers={"Authorization": token}) as response:
+        assert response.status == 200
     assert second.stop(signal.SIGINT, timeout=30) == 0, second.log()[-3000:]
-    password = (data / "postgres.password").read_text().strip()
-    for path in log_dir.glob("*.log"):
-        assert password not in path.read_text(errors="replace"), path
+    for secret in ("postgres.password", "session.secret"):
+        value = (data / secret).read_text().strip()
+        for path in log_dir.glob("*.log"):
+            assert value not in path.read_text(errors="replace"), (secret, path)
 
 
 async def test_sighup_stops_cleanly_and_another_instance_is_refused_in_one_line(

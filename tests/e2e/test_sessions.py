@@ -5,6 +5,7 @@ so only the NOTIFY can make it refuse a revoked token within the few seconds
 allowed here; process ``uncached`` (SESSION_CACHE_TTL=0) must refuse at once.
 """
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -92,3 +93,36 @@ async def test_logout_and_password_change_end_tokens_on_every_api_process(
         status, _ = await _post(http, f"{cached}/api/user/login",
                                 json={"login": "multi", "password": PASSWORD})
         assert status == 401
+
+
+async def test_without_session_secret_every_api_process_accepts_the_others_tokens(
+        database_uri: str, log_dir: Path) -> None:
+    """API_PROCESSES children share one generated secret (else a token works on one in N)."""
+    port = free_port()
+    api = Service("api-no-secret", "api", {
+        "DATABASE_URI": database_uri, "RUN_ADDRESS": f"127.0.0.1:{port}",
+        "API_PROCESSES": "2", "LOGIN_MAX_FAILURES": "0"}, log_dir, port=port)
+    api.env.pop("SESSION_SECRET", None)
+    api.start()
+    try:
+        base = service_url(port)
+        # A new connection per request: the kernel spreads them over both processes.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector,
+                                         cookie_jar=aiohttp.DummyCookieJar()) as http:
+            status, token = await _post(http, f"{base}/api/user/register",
+                                        json={"login": "shared", "password": PASSWORD})
+            assert status == 200 and token
+            statuses: list[int] = []
+
+            def answering_pids() -> set[object]:
+                return {json.loads(line).get("pid") for line in api.log().splitlines()
+                        if line.startswith("{") and '"event":"request"' in line}
+
+            # Until both processes have answered (the second may still be starting).
+            while len(answering_pids()) < 2 and len(statuses) < 400:
+                statuses += [await _balance(http, base, token) for _ in range(10)]
+        assert len(answering_pids()) == 2, api.log()[-3000:]
+        assert set(statuses) == {200}, statuses
+    finally:
+        api.stop()
