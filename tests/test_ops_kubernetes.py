@@ -201,8 +201,13 @@ def mebibytes(quantity: str) -> int:
                                                ("gophermart-worker", "worker")])
 def test_memory_is_sized_from_the_benchmark(manifests: list[Manifest], name: str,
                                             process: str) -> None:
-    resources = container(find(manifests, "Deployment", name))["resources"]
-    peak_mib = bench_peak_rss_mb(process) * 1e6 / 2**20
+    deployment = find(manifests, "Deployment", name)
+    resources = container(deployment)["resources"]
+    # Processes per pod: explicit for the API, whose default follows the node's CPUs
+    # when the pod has no CPU limit (one worker process per pod).
+    processes = int(env_of(deployment).get("API_PROCESSES", "1"))
+    assert processes >= 1 and ("API_PROCESSES" in env_of(deployment)) == (process == "API")
+    peak_mib = processes * bench_peak_rss_mb(process) * 1e6 / 2**20
     request = mebibytes(resources["requests"]["memory"])
     limit = mebibytes(resources["limits"]["memory"])
     # The request covers the measured peak with headroom; the limit only stops a leak.
@@ -216,7 +221,9 @@ def connection_budget(manifests: list[Manifest]) -> int:
     api = find(manifests, "Deployment", "gophermart-api")
     worker = find(manifests, "Deployment", "gophermart-worker")
     scaled = find(manifests, "ScaledObject", "gophermart-worker")
-    per_api = int(env_of(api)["DB_POOL_MAX"]) + 2
+    # The API's DB_POOL_MAX is its processes' total; each process adds two LISTENs
+    # (ended sessions, customers' changes).
+    per_api = int(env_of(api)["DB_POOL_MAX"]) + 2 * int(env_of(api)["API_PROCESSES"])
     per_worker = int(env_of(worker)["DB_POOL_MAX"]) + 1
     # During a rolling update maxSurge extra API pods run next to the old ones.
     api_pods = api["spec"]["replicas"] + api["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
@@ -256,11 +263,12 @@ async def test_the_backlog_query_counts_claimable_orders_through_the_due_index(
         manifests: list[Manifest], database_uri: str) -> None:
     query = scaler(manifests)[1]["metadata"]["query"]
     now = datetime.now(UTC)
+    conn = await asyncpg.connect(database_uri, server_settings={"search_path": "gophermart"})
     # A plain connection, as KEDA's: no search_path of ours, so the query names the schema.
-    conn = await asyncpg.connect(database_uri)
+    keda = await asyncpg.connect(database_uri)
     try:
-        user = await conn.fetchval("INSERT INTO gophermart.users (login, password_hash) "
-                                   "VALUES ('k', 'x') RETURNING id")
+        user = await conn.fetchval(
+            "INSERT INTO users (login, password_hash) VALUES ('k', 'x') RETURNING id")
         rows = [("NEW", now - timedelta(seconds=5), None),
                 ("PROCESSING", now - timedelta(seconds=1), None),
                 ("NEW", now + timedelta(minutes=1), None),  # backing off: not due yet
@@ -268,17 +276,17 @@ async def test_the_backlog_query_counts_claimable_orders_through_the_due_index(
                 ("PROCESSED", now - timedelta(hours=1), 5)]  # final
         for number, (status, due, accrual) in enumerate(rows):
             await conn.execute(
-                "INSERT INTO gophermart.orders (number, user_id, status, next_attempt_at, "
+                "INSERT INTO orders (number, user_id, status, next_attempt_at, "
                 "accrual) VALUES ($1, $2, $3, $4, $5)", str(number), user, status, due, accrual)
-        assert await conn.fetchval(query) == 2
-        await conn.execute("UPDATE gophermart.accrual_gate "
-                           "SET paused_until = now() + interval '1 minute'")
-        assert await conn.fetchval(query) == 0  # a 429 pause: more workers would only wait
-        await conn.execute("UPDATE gophermart.accrual_gate SET paused_until = '-infinity'")
-        async with conn.transaction():
+        assert await keda.fetchval(query) == 2
+        await conn.execute("UPDATE accrual_gate SET paused_until = now() + interval '1 minute'")
+        assert await keda.fetchval(query) == 0  # a 429 pause: more workers would only wait
+        await conn.execute("UPDATE accrual_gate SET paused_until = '-infinity'")
+        async with keda.transaction():
             # Tiny tables favour a sequential scan; forbid it to see that the index serves.
-            await conn.execute("SET LOCAL enable_seqscan = off")
-            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + query))
+            await keda.execute("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(r[0] for r in await keda.fetch("EXPLAIN " + query))
         assert "orders_due" in plan, plan
     finally:
+        await keda.close()
         await conn.close()
