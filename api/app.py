@@ -79,7 +79,8 @@ def create_app(settings: ApiSettings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[SESSIONS] = Sessions(settings.session_secret, settings.session_ttl,
-                             settings.session_cache_ttl, cookie_secure=settings.cookie_secure)
+                             settings.session_cache_ttl, cookie_secure=settings.cookie_secure,
+                             checked=metrics.session_checks)
     app[THROTTLE] = LoginThrottle(settings.login_max_failures, settings.login_window)
     # Each long list holds at most one connection at a time: half the pool
     # always stays for everything else.

@@ -59,6 +59,12 @@ class ApiMetrics:
             "gophermart_order_uploads", "Order uploads by outcome (accepted = new, "
             "duplicate = already yours, conflict = another user's, invalid = fails Luhn).",
             ("outcome",), registry=self.registry)
+        session_checks = Counter(
+            "gophermart_session_checks", "Tokens checked in PostgreSQL, i.e. not answered by "
+            "the verified-token cache, by outcome (valid, ended).",
+            ("outcome",), registry=self.registry)
+        self.session_checks = {True: session_checks.labels("valid"),
+                               False: session_checks.labels("ended")}
         # Created up front so every outcome is exported (as 0) from the start.
         self._outcomes = {
             "withdrawals": {s: withdrawals.labels(o) for s, o in WITHDRAW_OUTCOMES.items()},

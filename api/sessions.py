@@ -27,6 +27,7 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ import asyncpg
 import orjson
 import structlog
 from cryptography.fernet import Fernet, InvalidToken
+from prometheus_client import Counter
 
 from db import sessions as db_sessions
 
@@ -196,10 +198,12 @@ class Sessions:
     """Issue, check and end sessions: the sealer, the cache and the database together."""
 
     def __init__(self, secret: str | None, ttl: int, cache_ttl: float, *,
-                 cookie_secure: bool = False) -> None:
+                 cookie_secure: bool = False,
+                 checked: Mapping[bool, Counter] | None = None) -> None:
         self.sealer = Sealer(secret, ttl)
         self.cache = VerifiedTokens(cache_ttl)
         self.cookie_secure = cookie_secure
+        self._checked = checked  # counters by the database's answer (cache misses only)
 
     def issue(self, user_id: int, generation: int) -> str:
         return self.sealer.seal(user_id, generation)[0]
@@ -216,6 +220,8 @@ class Sessions:
                                                session.session_id)
         result = session if current else None
         self.cache.put(token, session.user_id, result, mark)
+        if self._checked is not None:
+            self._checked[current].inc()
         return result
 
     async def end(self, pool: asyncpg.Pool, session: Session) -> None:

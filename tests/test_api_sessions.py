@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from api.app import create_app
 from api.auth import COOKIE_NAME
+from api.metrics import METRICS
 from api.sessions import MISS, Session, VerifiedTokens
 from api.state import SESSIONS
 from shared.settings import ApiSettings
@@ -262,3 +263,35 @@ async def test_a_lost_listen_connection_empties_the_cache_until_it_is_back(
     await _wait_listening(client)
     assert await _status(client, token) == 200
     assert len(cache) == 1
+
+
+async def test_a_cached_token_costs_no_query_and_an_ended_one_is_refused_from_the_cache(
+        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    client = await _cached_client(aiohttp_client, api_settings)
+    registry = client.app[METRICS].registry
+
+    def checks(outcome: str) -> float:
+        value = registry.get_sample_value("gophermart_session_checks_total",
+                                          {"outcome": outcome})
+        return value or 0.0
+
+    token = await register(client, "lena")
+    client.session.cookie_jar.clear()
+    for _ in range(5):
+        assert await _status(client, token) == 200
+    assert checks("valid") == 1  # the first request asked PostgreSQL, the rest the cache
+    assert (await client.post("/api/user/logout", headers={"Authorization": token})).status \
+        == 200
+    for _ in range(5):
+        assert await _status(client, token) == 401
+    assert checks("ended") == 1  # an ended token never comes back: its refusal is cached
+
+
+async def test_with_the_cache_off_every_request_asks_the_database(
+        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    client = await _cached_client(aiohttp_client, api_settings, cache_ttl=0)
+    token = await register(client, "mona")
+    for _ in range(3):
+        assert await _status(client, token) == 200
+    assert client.app[METRICS].registry.get_sample_value(
+        "gophermart_session_checks_total", {"outcome": "valid"}) == 3
