@@ -172,57 +172,69 @@ def _data_dir(settings: StackSettings) -> Path:
     return data_dir
 
 
+def _local_server(settings: StackSettings, data_dir: Path) -> LocalPostgres:
+    """The cluster under --data-dir, once sure nothing else runs it (lock held)."""
+    server = LocalPostgres(data_dir / "postgres", settings.local_pg_port,
+                           password_file=data_dir / "postgres.password")
+    pid = server.running_pid()
+    if pid is not None:
+        raise StackError(
+            f"a PostgreSQL server (pid {pid}) is still running on {server.datadir}, "
+            f"started by something other than a live gophermart; stop it (pg_ctl -D "
+            f"{server.datadir} stop, as its user) and start again")
+    server.forget_stale_pid_file()  # left by a server that died with its machine
+    _require_free(server.port, "127.0.0.1", "GOPHERMART_LOCAL_PG_PORT")
+    return server
+
+
 @contextlib.contextmanager
-def _local_postgres(settings: StackSettings, data_dir: Path) -> Iterator[tuple[str, Child]]:
-    """The private cluster under --data-dir, run as our child: (DSN, child)."""
-    with _data_dir_lock(data_dir):
-        server = LocalPostgres(data_dir / "postgres", settings.local_pg_port,
-                               password_file=data_dir / "postgres.password")
-        pid = server.running_pid()
-        if pid is not None:
-            raise StackError(
-                f"a PostgreSQL server (pid {pid}) is still running on {server.datadir}, "
-                f"started by something other than a live gophermart; stop it (pg_ctl -D "
-                f"{server.datadir} stop, as its user) and start again")
-        server.forget_stale_pid_file()  # left by a server that died with its machine
-        _require_free(server.port, "127.0.0.1", "GOPHERMART_LOCAL_PG_PORT")
-        log.warning("DATABASE_URI is not set: starting a local PostgreSQL",
-                    data_dir=str(server.root), port=server.port,
-                    password_file=str(server.password_file))
-        server.prepare()
-        child = Child("postgres", server.spawn(lifeline(signal.SIGINT)), signal.SIGINT)
-        log.info("started", process=child.name, child_pid=child.process.pid)
-        try:
-            asyncio.run(_ensure_database(server, child.process, "gophermart"))
-            yield server.dsn_for("gophermart"), child
-        finally:
-            _stop([child])
+def _local_postgres(server: LocalPostgres) -> Iterator[tuple[str, Child]]:
+    """The cluster, run as our child until the block ends: (DSN, child)."""
+    log.warning("DATABASE_URI is not set: starting a local PostgreSQL",
+                data_dir=str(server.root), port=server.port,
+                password_file=str(server.password_file))
+    server.prepare()
+    child = Child("postgres", server.spawn(lifeline(signal.SIGINT)), signal.SIGINT)
+    log.info("started", process=child.name, child_pid=child.process.pid)
+    try:
+        asyncio.run(_ensure_database(server, child.process, "gophermart"))
+        yield server.dsn_for("gophermart"), child
+    finally:
+        _stop([child])
 
 
 def _serve(settings: StackSettings, stop: threading.Event) -> int:
     with contextlib.ExitStack() as resources:
         env = {**os.environ, **to_environ(settings)}
-        if settings.session_secret is None and settings.database_uri is None:
-            # All local: kept in the data dir next to the database it belongs to, so
-            # a restart logs nobody out. (With DATABASE_URI the API makes a random
-            # one per run, as gophermart-api does.)
-            secret_file = _data_dir(settings) / "session.secret"
-            env["SESSION_SECRET"] = kept_secret(secret_file)
-            log.info("SESSION_SECRET is not set: using the one kept in a file",
-                     file=str(secret_file))
+        local = settings.database_uri is None
+        data_dir = _data_dir(settings) if local else None
+        # Everything that could stand in the way is checked before anything starts:
+        # another runner on this data dir first (its ports would be taken too).
+        if data_dir is not None:
+            resources.enter_context(_data_dir_lock(data_dir))
+        api_host, api_port = split_host_port(settings.run_address)
+        _require_free(api_port, api_host, "RUN_ADDRESS")
+        sim_host, sim_port = split_host_port(settings.simulator_address, 8081)
+        if settings.accrual_system_address is None:
+            _require_free(sim_port, sim_host, "GOPHERMART_SIMULATOR_ADDRESS")
+        server = _local_server(settings, data_dir) if data_dir is not None else None
+
         database: list[Child] = []
-        if settings.database_uri is None:
-            env["DATABASE_URI"], postgres = resources.enter_context(
-                _local_postgres(settings, _data_dir(settings)))
+        if data_dir is not None and server is not None:
+            if settings.session_secret is None:
+                # All local: kept next to the database it belongs to, so a restart
+                # logs nobody out. (With DATABASE_URI the API makes a random one per
+                # run, as gophermart-api does.)
+                secret_file = data_dir / "session.secret"
+                env["SESSION_SECRET"] = kept_secret(secret_file)
+                log.info("SESSION_SECRET is not set: using the one kept in a file",
+                         file=str(secret_file))
+            env["DATABASE_URI"], postgres = resources.enter_context(_local_postgres(server))
             database.append(postgres)
         children: list[Child] = []
         failed: Child | None = None
         try:
-            api_host, api_port = split_host_port(settings.run_address)
-            _require_free(api_port, api_host, "RUN_ADDRESS")
             if settings.accrual_system_address is None:
-                sim_host, sim_port = split_host_port(settings.simulator_address, 8081)
-                _require_free(sim_port, sim_host, "GOPHERMART_SIMULATOR_ADDRESS")
                 log.warning("ACCRUAL_SYSTEM_ADDRESS is not set: starting the bundled simulator",
                             address=settings.simulator_address)
                 sim_env = {**env, "RUN_ADDRESS": settings.simulator_address}

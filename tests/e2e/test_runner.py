@@ -166,6 +166,7 @@ async def test_sighup_stops_cleanly_and_another_instance_is_refused_in_one_line(
     refusal = _one_line_refusal(clash)
     assert refusal.startswith(f"gophermart: port {ports.api} (RUN_ADDRESS) is already in use"), \
         refusal
+    assert not (log_dir / "other" / "postgres").exists()  # refused before anything started
 
     children = _children(first)
     assert first.stop(signal.SIGHUP, timeout=30) == 0, first.log()[-3000:]
