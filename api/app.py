@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 
 from api import balance, orders, page, users
+from api.arrival import Application
 from api.events import end_streams_on_shutdown, hub_context, user_events
 from api.health import add_ops_routes
 from api.listgate import StreamGate
@@ -16,11 +17,12 @@ from api.middleware import errors_and_access_log
 from api.openapi import add_docs_routes
 from api.passwords import Passwords
 from api.sessions import RevocationListener, Sessions
-from api.state import LIST_GATE, PASSWORDS, POOL, SESSIONS, SETTINGS, THROTTLE
+from api.state import LIST_GATE, PASSWORDS, POOL, SESSIONS, SETTINGS, STALLS, THROTTLE
 from api.throttle import LoginThrottle
 from db.migrate import migrate_when_ready
 from shared.pg import create_pool
 from shared.settings import ApiSettings
+from shared.stalls import Stalls
 
 log = structlog.get_logger(__name__)
 
@@ -31,14 +33,20 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await migrate_when_ready(settings.database_uri)
     app[POOL] = await create_pool(settings.database_uri, min_size=settings.db_pool_min,
                                   max_size=settings.db_pool_max,
-                                  connect_timeout=settings.db_timeout)
+                                  connect_timeout=settings.db_timeout,
+                                  acquire_timeout=settings.db_acquire_timeout,
+                                  share=customer_share(settings),
+                                  lock_timeout=settings.db_timeout * LOCK_SHARE,
+                                  on_wait=app[STALLS].pool_waited)
+    watching = asyncio.create_task(app[STALLS].watch_loop(), name="loop-lag")
     listener = RevocationListener(settings.database_uri, app[SESSIONS].cache,
                                   timeout=settings.db_timeout)
     listening = asyncio.create_task(listener.run(), name="session-listener")
     yield
-    listening.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await listening
+    for task in (listening, watching):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await app[POOL].close()
 
 
@@ -46,6 +54,23 @@ async def _passwords(app: web.Application) -> AsyncIterator[None]:
     app[PASSWORDS] = Passwords(app[SETTINGS].hash_concurrency)
     yield
     app[PASSWORDS].close()
+
+
+# A row-lock wait ends (503, "locked") before the query's own DB_TIMEOUT would
+# end it as if the database were unreachable.
+LOCK_SHARE = 0.8
+
+
+def customer_share(settings: ApiSettings) -> int:
+    """Pooled connections one customer's requests may hold at once in this process.
+
+    ``db_pool_max`` is this process's pool (the supervisor hands each API
+    process its part of the total); two at least, so that one customer's
+    requests rarely wait for each other.
+    """
+    if settings.db_customer_share > 0:
+        return settings.db_customer_share
+    return max(settings.db_pool_max // 3, 2)
 
 
 def add_routes(app: web.Application) -> None:
@@ -72,12 +97,13 @@ def create_app(settings: ApiSettings) -> web.Application:
         raise SystemExit("DATABASE_URI (-d) is required")
     # A registry per app: tests create many apps in one process.
     metrics = ApiMetrics()
-    app = web.Application(
+    app = Application(
         middlewares=[metrics.middleware(), errors_and_access_log],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[STALLS] = Stalls(metrics.registry, settings.stall_log_threshold)
     app[SESSIONS] = Sessions(settings.session_secret, settings.session_ttl,
                              settings.session_cache_ttl, cookie_secure=settings.cookie_secure,
                              checked=metrics.session_checks)

@@ -15,6 +15,7 @@ from aiohttp import hdrs, web
 from api.errors import ApiError
 from api.sessions import Session, Sessions
 from api.state import POOL, SESSIONS
+from shared.pg import SHARE_KEY
 
 COOKIE_NAME = "gophermart_session"
 _BEARER = "Bearer "
@@ -66,6 +67,8 @@ def session_required(handler: SessionHandler) -> Wrapped:
         if session is None:
             raise ApiError(401, "authentication required")
         structlog.contextvars.bind_contextvars(user_id=session.user_id)
+        # From here on the request's queries come out of this customer's share.
+        SHARE_KEY.set(session.user_id)
         return await handler(request, session)
 
     return wrapper

@@ -34,6 +34,17 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+class Overloaded(ApiError):
+    """Refused to shed load (429 for one customer's excess, 503 for the process's).
+
+    ``cause`` labels ``gophermart_shed_requests_total``.
+    """
+
+    def __init__(self, status: int, reason: str, cause: str) -> None:
+        super().__init__(status, reason, {"Retry-After": "1"})
+        self.cause = cause
+
+
 def json_response(payload: object, status: int = 200) -> web.Response:
     return web.Response(body=dumps(payload), status=status, content_type="application/json")
 

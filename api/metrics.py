@@ -17,9 +17,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from api.arrival import arrived
 from api.errors import CLIENT_GONE, client_gone
 from db import orders
 from shared.metrics import LATENCY_BUCKETS, ORDER_STATUSES, new_registry
+from shared.pg import PoolBusy
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +35,8 @@ _OUTCOME_ROUTES = {
     ("POST", "/api/user/balance/withdraw"): "withdrawals",
     ("POST", "/api/user/orders"): "uploads",
 }
+
+SHED_CAUSES = ("pool", "customer_connections", "customer_lists", "lists", "locked")
 
 ORDERS_QUERY_TIMEOUT = 1.0
 
@@ -65,6 +69,15 @@ class ApiMetrics:
             ("outcome",), registry=self.registry)
         self.session_checks = {True: session_checks.labels("valid"),
                                False: session_checks.labels("ended")}
+        self._shed = Counter(
+            "gophermart_shed_requests", "Requests refused to shed load, by cause: pool "
+            "(no connection free within DB_ACQUIRE_TIMEOUT, 503), customer_connections "
+            "(that customer's share of the pool busy, 429), customer_lists "
+            "(LIST_CONCURRENCY long lists in flight, 429), lists (the process's long "
+            "lists at their limit, 503), locked (a row lock outlasted lock_timeout, 503).",
+            ("cause",), registry=self.registry)
+        for cause in SHED_CAUSES:
+            self._shed.labels(cause)
         # Created up front so every outcome is exported (as 0) from the start.
         self._outcomes = {
             "withdrawals": {s: withdrawals.labels(o) for s, o in WITHDRAW_OUTCOMES.items()},
@@ -81,6 +94,9 @@ class ApiMetrics:
                     outcomes.get(status))
         self._children[(method, route, status)] = children
         return children
+
+    def shed(self, cause: str) -> None:
+        self._shed.labels(cause).inc()
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         children = self._children.get((method, route, status)) \
@@ -103,7 +119,7 @@ class ApiMetrics:
 
         @web.middleware
         async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
-            started = time.perf_counter()
+            started = arrived(request)
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
@@ -134,7 +150,8 @@ async def orders_by_status(pool: asyncpg.Pool,
     try:
         async with asyncio.timeout(within):
             counted = await orders.count_by_status(pool)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+            PoolBusy) as exc:
         log.warning("cannot count orders for metrics", error=repr(exc))
         return ()
     counts = dict.fromkeys(ORDER_STATUSES, 0) | counted

@@ -10,7 +10,17 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from api.errors import CLIENT_GONE, ApiError, ClientGone, client_gone, error_response
+from api.arrival import arrived
+from api.errors import (
+    CLIENT_GONE,
+    ApiError,
+    ClientGone,
+    Overloaded,
+    client_gone,
+    error_response,
+)
+from api.metrics import METRICS
+from shared.pg import PoolBusy
 
 log = structlog.get_logger("api.access")
 
@@ -39,7 +49,7 @@ def _request_id(request: web.Request) -> str:
 @web.middleware
 async def errors_and_access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a JSON answer and log one line per request."""
-    started = time.perf_counter()
+    started = arrived(request)
     request_id = _request_id(request)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -48,6 +58,13 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
     except ClientGone as exc:
         # Nobody to answer: hand back what was started, for aiohttp to close.
         response = exc.response if exc.response is not None else web.Response()
+    except PoolBusy as exc:
+        response = _shed(request, _pool_busy(exc))
+    except asyncpg.LockNotAvailableError:
+        # lock_timeout: a row stayed locked (a long transaction), the database is fine.
+        response = _shed(request, Overloaded(503, "the data is busy; retry shortly", "locked"))
+    except Overloaded as exc:
+        response = _shed(request, exc)
     except ApiError as exc:
         response = error_response(exc.status, exc.reason, exc.headers)
     except web.HTTPException as exc:
@@ -75,6 +92,20 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
 def request_id() -> str:
     """The current request's id (for answers that send their headers early)."""
     return str(structlog.contextvars.get_contextvars().get("request_id", ""))
+
+
+def _pool_busy(exc: PoolBusy) -> Overloaded:
+    if exc.scope == "customer":
+        return Overloaded(429, "too many requests of this account in flight; retry shortly",
+                          "customer_connections")
+    return Overloaded(503, "server busy; retry shortly", "pool")
+
+
+def _shed(request: web.Request, exc: Overloaded) -> web.Response:
+    """Answer a refusal made to shed load: counted, and named on the access line."""
+    request.app[METRICS].shed(exc.cause)
+    structlog.contextvars.bind_contextvars(shed=exc.cause)
+    return error_response(exc.status, exc.reason, exc.headers)
 
 
 def _kept_headers(exc: web.HTTPException) -> dict[str, str]:

@@ -67,6 +67,13 @@ _RESPONSES: dict[str, Any] = {
                                  "order number must be ASCII digits passing the Luhn check"),
     "InternalError": _error("Internal error; the reason names the request id to report.",
                             "internal error (request id 6f1c0e9d2c2b4f0e8a3c1d2e3f4a5b6c)"),
+    "CustomerBusy": _ok(
+        "This customer already has too many requests in flight: its share of the server's "
+        "database connections (DB_CUSTOMER_SHARE) stayed busy for DB_ACQUIRE_TIMEOUT, or, "
+        "on list endpoints, LIST_CONCURRENCY long lists are being sent to it. Nothing "
+        "changed; retry after the given seconds.", "Error",
+        {"error": "too many requests of this account in flight; retry shortly"},
+        {"Retry-After": _ref("headers", "RetryAfter")}),
     "DatabaseUnavailable": _ok(
         "The database is unreachable right now, or the server is shedding load (every "
         "connection busy past DB_ACQUIRE_TIMEOUT, or too many long lists being sent); "
@@ -79,6 +86,8 @@ _COMMON = {"500": _ref("responses", "InternalError"),
 _WITH_BODY = {"400": _ref("responses", "BadRequest"),
               "413": _ref("responses", "PayloadTooLarge")}
 _AUTH = {"401": _ref("responses", "Unauthorized")}
+# Authenticated operations that query the database: the customer's share of it.
+_AUTH_DB = {**_AUTH, "429": _ref("responses", "CustomerBusy")}
 _NO_CONTENT = {"description": "Nothing to list (the body is empty; Content-Type is still "
                               "application/json).",
                "headers": {"X-Request-ID": _ref("headers", "RequestId")}}
@@ -143,11 +152,7 @@ _LIST_RESPONSES = {
     "204": _NO_CONTENT,
     "400": _error("`limit` or `after` is not one this list accepts.",
                   "limit must be a whole number from 1 to 100000"),
-    **_AUTH,
-    "429": _ok("This customer already has LIST_CONCURRENCY long lists in flight.",
-               "Error", {"error": "too many long lists in flight for this account; retry "
-                                  "when one has finished"},
-               {"Retry-After": _ref("headers", "RetryAfter")}),
+    **_AUTH_DB,
     **_COMMON,
 }
 
@@ -235,7 +240,7 @@ _PATHS: dict[str, Any] = {
         "responses": {
             "200": _ok("Logged out; the response also clears the cookie.", "Status",
                        {"status": "logged out"}, _CLEARED_COOKIE),
-            **_AUTH, **_COMMON,
+            **_AUTH_DB, **_COMMON,
         },
     }},
     "/api/user/password": {"post": {
@@ -289,7 +294,7 @@ _PATHS: dict[str, Any] = {
                            {"status": "order already uploaded"}),
                 "202": _ok("New number accepted for processing.", "Status",
                            {"status": "accepted for processing"}),
-                **_WITH_BODY, **_AUTH,
+                **_WITH_BODY, **_AUTH_DB,
                 "409": _error("Another user already uploaded this number.",
                               "order number was uploaded by another user"),
                 "415": _error("The content type is neither text/plain nor application/json.",
@@ -319,7 +324,7 @@ _PATHS: dict[str, Any] = {
         "security": _SECURED,
         "responses": {
             "200": _ok("The balance.", "Balance", {"current": 500.5, "withdrawn": 42}),
-            **_AUTH, **_COMMON,
+            **_AUTH_DB, **_COMMON,
         },
     }},
     "/api/user/balance/withdraw": {"post": {
@@ -335,7 +340,7 @@ _PATHS: dict[str, Any] = {
         }}},
         "responses": {
             "200": _ok("Done.", "Status", {"status": "withdrawn"}),
-            **_WITH_BODY, **_AUTH,
+            **_WITH_BODY, **_AUTH_DB,
             "402": _error("Not enough points; nothing changed.", "not enough points"),
             "409": _error("The order number was already paid with points with a different "
                           "sum or by another user.", "order number already paid with points"),

@@ -8,6 +8,7 @@ from api.passwords import Passwords
 from api.sessions import Sessions
 from api.throttle import LoginThrottle
 from shared.settings import ApiSettings
+from shared.stalls import Stalls
 
 SETTINGS = web.AppKey("settings", ApiSettings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -15,3 +16,4 @@ PASSWORDS = web.AppKey("passwords", Passwords)
 THROTTLE = web.AppKey("throttle", LoginThrottle)
 SESSIONS = web.AppKey("sessions", Sessions)
 LIST_GATE = web.AppKey("list_gate", StreamGate)
+STALLS = web.AppKey("stalls", Stalls)

@@ -123,7 +123,11 @@ class CommonSettings:
         10, "DB_POOL_MAX",
         help="maximum PostgreSQL connections (the API's: shared by its processes)")
     db_timeout: float = setting(
-        5.0, "DB_TIMEOUT", help="seconds to wait for a connection or a query")
+        5.0, "DB_TIMEOUT", help="seconds one query, or opening a connection, may take")
+    stall_log_threshold: float = setting(
+        0.1, "STALL_LOG_THRESHOLD",
+        help="seconds of event-loop lag or of waiting for a pooled connection that are "
+             "logged as a warning")
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,13 @@ class ApiSettings(CommonSettings):
         help="failed logins per login or per client address before throttling (0 = off)")
     login_window: int = setting(
         300, "LOGIN_WINDOW", help="seconds over which failed logins are counted")
+    db_acquire_timeout: float = setting(
+        1.0, "DB_ACQUIRE_TIMEOUT",
+        help="seconds a request waits for a pooled connection before a 503 (overload)")
+    db_customer_share: int = setting(
+        0, "DB_CUSTOMER_SHARE",
+        help="pooled connections one customer's requests may hold at once in one API "
+             "process (0 = a third of the process's pool, at least 2)")
     list_max_items: int = setting(
         100_000, "LIST_MAX_ITEMS",
         help="most items one list answer holds (the rest via its Link: rel=next)")

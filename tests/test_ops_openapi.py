@@ -60,7 +60,7 @@ def test_every_route_is_documented_and_every_documented_operation_exists() -> No
 # --- statuses: what the handler code can answer ------------------------------
 
 # Statuses named in calls: (function name, positional index of the status, default).
-_STATUS_CALLS = {"ApiError": (0, None), "error_response": (0, None),
+_STATUS_CALLS = {"ApiError": (0, None), "Overloaded": (0, None), "error_response": (0, None),
                  "json_response": (1, 200), "empty_response": (0, 204), "_json": (1, None),
                  "Response": (None, 200), "StreamResponse": (None, 200)}
 _BODY_READERS = {"read", "json", "text", "post", "content"}
@@ -135,6 +135,8 @@ def possible_statuses(handler: Callable[..., Any]) -> tuple[set[int], set[int]]:
         implied.add(401)
     if scan.uses_pool:
         implied |= {500, 503}
+        if hasattr(handler, "__wrapped__"):  # the customer's share of the pool
+            implied.add(429)
     if scan.reads_body:
         implied |= {413, 500}
     return implied, implied | {500}
@@ -143,7 +145,7 @@ def possible_statuses(handler: Callable[..., Any]) -> tuple[set[int], set[int]]:
 def test_status_scan_sees_middleware_and_body_statuses() -> None:
     # The scan itself, on the handler with the most ways to fail.
     implied, _ = possible_statuses(app_operations()[("/api/user/orders", "post")])
-    assert implied == {200, 202, 400, 401, 409, 413, 415, 422, 500, 503}
+    assert implied == {200, 202, 400, 401, 409, 413, 415, 422, 429, 500, 503}
 
 
 @pytest.mark.parametrize("operation", sorted(documented_operations()), ids=" ".join)

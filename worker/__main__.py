@@ -16,6 +16,7 @@ from shared.logs import configure
 from shared.ops import database_ready, ops_app, start_ops_server
 from shared.pg import create_pool
 from shared.settings import WorkerSettings, load, with_scheme
+from shared.stalls import Stalls
 from worker.accrual_client import AccrualClient, create_session
 from worker.gate import Gate, GatePolicy
 from worker.listener import Listener
@@ -55,15 +56,19 @@ async def serve(settings: WorkerSettings, stopping: asyncio.Event | None = None)
     try:
         if not await migrate_when_ready(settings.database_uri, stopping):
             return stats
+        stalls = Stalls(stats.registry, settings.stall_log_threshold)
         pool = await create_pool(settings.database_uri, min_size=settings.db_pool_min,
                                  max_size=settings.db_pool_max,
-                                 connect_timeout=settings.db_timeout)
+                                 connect_timeout=settings.db_timeout,
+                                 on_wait=stalls.pool_waited)
         session = create_session(concurrency=settings.worker_concurrency,
                                  timeout=settings.accrual_timeout)
         ops = await _start_ops(settings, pool, stats)
+        watching = asyncio.create_task(stalls.watch_loop(), name="loop-lag")
         try:
             await _run(settings, pool, session, stats, stopping)
         finally:
+            watching.cancel()
             if ops is not None:
                 await ops.cleanup()
             await session.close()
