@@ -36,7 +36,7 @@ _OUTCOME_ROUTES = {
     ("POST", "/api/user/orders"): "uploads",
 }
 
-SHED_CAUSES = ("pool", "customer_connections", "customer_lists", "lists", "locked")
+SHED_CAUSES = ("pool", "customer_connections", "customer_lists", "lists", "slow_statement")
 
 ORDERS_QUERY_TIMEOUT = 1.0
 
@@ -74,7 +74,8 @@ class ApiMetrics:
             "(no connection free within DB_ACQUIRE_TIMEOUT, 503), customer_connections "
             "(that customer's share of the pool busy, 429), customer_lists "
             "(LIST_CONCURRENCY long lists in flight, 429), lists (the process's long "
-            "lists at their limit, 503), locked (a row lock outlasted lock_timeout, 503).",
+            "lists at their limit, 503), slow_statement (a statement outlasted "
+            "statement_timeout, 503).",
             ("cause",), registry=self.registry)
         for cause in SHED_CAUSES:
             self._shed.labels(cause)

@@ -60,9 +60,11 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         response = exc.response if exc.response is not None else web.Response()
     except PoolBusy as exc:
         response = _shed(request, _pool_busy(exc))
-    except asyncpg.LockNotAvailableError:
-        # lock_timeout: a row stayed locked (a long transaction), the database is fine.
-        response = _shed(request, Overloaded(503, "the data is busy; retry shortly", "locked"))
+    except asyncpg.QueryCanceledError:
+        # statement_timeout (or an operator's cancel): PostgreSQL answered, so it is
+        # up; a row locked by a long transaction, or a database too busy.
+        response = _shed(request, Overloaded(503, "the database is busy; retry shortly",
+                                             "slow_statement"))
     except Overloaded as exc:
         response = _shed(request, exc)
     except ApiError as exc:

@@ -180,19 +180,20 @@ class FairPool(asyncpg.Pool):
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10,
                       connect_timeout: float = 5.0, acquire_timeout: float | None = None,
-                      share: int | None = None, lock_timeout: float | None = None,
+                      share: int | None = None, statement_timeout: float | None = None,
                       on_wait: Callable[[float], None] | None = None) -> asyncpg.Pool:
     """A fair pool whose connections resolve names in Gophermart's own schema.
 
     ``command_timeout`` bounds every query so that a stalled database turns
     into a prompt error rather than a hanging request; ``acquire_timeout``
-    bounds the wait for a connection (see ``FairPool``). ``lock_timeout``
-    (shorter than ``connect_timeout``) makes PostgreSQL itself end a wait for a
-    row lock, so that a locked row is told apart from an unreachable database.
+    bounds the wait for a connection (see ``FairPool``). ``statement_timeout``
+    (shorter than ``connect_timeout``) makes PostgreSQL itself end a statement,
+    waits for row locks included, so that a locked row or a saturated database
+    is told apart from an unreachable one.
     """
     settings = dict(SERVER_SETTINGS)
-    if lock_timeout is not None:
-        settings["lock_timeout"] = f"{max(round(lock_timeout * 1000), 1)}ms"
+    if statement_timeout is not None:
+        settings["statement_timeout"] = f"{max(round(statement_timeout * 1000), 1)}ms"
     pool = FairPool(
         dsn,
         min_size=min_size,

@@ -62,7 +62,8 @@ def gone(system: Stack) -> list[dict[str, object]]:
 
 async def test_one_customer_streams_at_most_its_share_and_abandoned_lists_stop(
         start_system: SystemFactory, database_uri: str) -> None:
-    system = await start_system(workers=0)
+    # One API process: LIST_CONCURRENCY counts per process.
+    system = await start_system(workers=0, api_env={"API_PROCESSES": "1"})
     hoarder = await system.register("hoarder")
     other = await system.register("other")
     await seed(database_uri, "hoarder", HUGE)
@@ -104,7 +105,7 @@ async def test_one_customer_streams_at_most_its_share_and_abandoned_lists_stop(
 
 async def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(
         start_system: SystemFactory, database_uri: str) -> None:
-    system = await start_system(workers=0, api_env={"SEND_TIMEOUT": "1"})
+    system = await start_system(workers=0, api_env={"SEND_TIMEOUT": "1", "API_PROCESSES": "1"})
     token = await system.register("sleepy")
     await seed(database_uri, "sleepy", HUGE)
     assert system.api.port is not None

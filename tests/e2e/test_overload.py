@@ -16,8 +16,9 @@ from shared.luhn import with_check_digit
 from tests.e2e.conftest import SystemFactory
 from tests.system import Stack, eventually
 
-OVERLOAD_ENV = {"DB_POOL_MAX": "4", "DB_CUSTOMER_SHARE": "2", "DB_ACQUIRE_TIMEOUT": "0.5",
-                "DB_TIMEOUT": "3"}
+# One API process: the pool and the shares below are that process's.
+OVERLOAD_ENV = {"API_PROCESSES": "1", "DB_POOL_MAX": "4", "DB_CUSTOMER_SHARE": "2",
+                "DB_ACQUIRE_TIMEOUT": "0.5", "DB_TIMEOUT": "3"}
 
 
 def access_lines(system: Stack) -> list[dict[str, object]]:
@@ -70,8 +71,8 @@ async def test_a_customer_stuck_on_locked_rows_holds_only_its_share_then_sheds_p
         await locker.rollback()
         await conn.close()
     held = await asyncio.gather(*firsts, *seconds)
-    # Once the lock is gone the holders finish; had it outlasted lock_timeout they
-    # would have been told 503 "busy" (counted as "locked"), never "database unavailable".
+    # Once the lock is gone the holders finish; had it outlasted statement_timeout they
+    # were told 503 "busy" (counted as slow_statement), never "database unavailable".
     assert sorted(held) in ([200] * 4 + [429] * 4, [200] * 3 + [429] * 4 + [503],
                             [200] * 2 + [429] * 4 + [503] * 2,
                             [200] + [429] * 4 + [503] * 3, [429] * 4 + [503] * 4)
@@ -88,7 +89,7 @@ async def test_a_customer_stuck_on_locked_rows_holds_only_its_share_then_sheds_p
     assert "gophermart_event_loop_lag_seconds_bucket" in text
 
 
-async def test_a_lock_outlasting_lock_timeout_is_busy_not_an_outage(
+async def test_a_lock_outlasting_statement_timeout_is_busy_not_an_outage(
         start_system: SystemFactory, database_uri: str) -> None:
     system = await start_system(workers=0, api_env={**OVERLOAD_ENV, "DB_TIMEOUT": "1"})
     token = await system.register("locked-out")
@@ -102,8 +103,8 @@ async def test_a_lock_outlasting_lock_timeout_is_busy_not_an_outage(
         await conn.close()
     assert status == 503
     assert "database unavailable" not in system.api.log()
-    assert [line["shed"] for line in access_lines(system) if "shed" in line] == ["locked"]
-    assert 'gophermart_shed_requests_total{cause="locked"} 1.0' in await metrics(system)
+    assert [line["shed"] for line in access_lines(system) if "shed" in line] == ["slow_statement"]
+    assert 'gophermart_shed_requests_total{cause="slow_statement"} 1.0' in await metrics(system)
 
 
 async def test_latency_counts_from_when_the_request_was_read_not_when_its_handler_ran(
