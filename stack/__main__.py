@@ -217,6 +217,9 @@ def _serve(settings: StackSettings, stop: threading.Event) -> int:
         sim_host, sim_port = split_host_port(settings.simulator_address, 8081)
         if settings.accrual_system_address is None:
             _require_free(sim_port, sim_host, "GOPHERMART_SIMULATOR_ADDRESS")
+        if settings.health_address:
+            health_host, health_port = split_host_port(settings.health_address, 9100)
+            _require_free(health_port, health_host, "WORKER_HEALTH_ADDRESS")
         server = _local_server(settings, data_dir) if data_dir is not None else None
 
         database: list[Child] = []
