@@ -15,7 +15,8 @@ Behaviours: ``unknown``, ``processed:<amount>``, ``registered``, ``huge``,
 ``brotli``, ``drip``, ``slow``, ``redirect``, ``redirect_external``,
 ``lie_order``, ``bad_json``, ``wrong_shape``, ``deep``, ``accrual_string``,
 ``accrual_negative``, ``accrual_huge``, ``unknown_status``, ``teapot``,
-``huge_header``, ``429:<Retry-After or none>[|<rate per minute>]``.
+``huge_header``, ``429:<Retry-After or none>[|<rate per minute>]``; ``once:<behaviour>``
+answers so the first time and as unscripted orders after.
 """
 
 import argparse
@@ -85,7 +86,11 @@ class HostileAccrual:
     async def _order(self, request: web.Request) -> web.StreamResponse:
         number = request.match_info["number"]
         self.asked[number] += 1
-        behaviour = self.script.get(number, "proxy" if self.upstream else "unknown")
+        default = "proxy" if self.upstream else "unknown"
+        behaviour = self.script.get(number, default)
+        if behaviour.startswith("once:"):  # hostile the first time, then as usual
+            behaviour = behaviour.removeprefix("once:")
+            self.script[number] = default
         self.by_behaviour[behaviour.split(":")[0]] += 1
         return await self.answer(request, number, behaviour)
 

@@ -54,17 +54,28 @@ class Stack:
     worker_env: dict[str, str]
     workers: list[Service] = field(default_factory=list)
     killed: int = 0
+    # tests/hostile_accrual.py in front of the simulator, when asked for: the workers
+    # talk to it, and it answers scripted orders its own way.
+    front: Service | None = None
 
     @classmethod
     async def start(cls, database_uri: str, log_dir: Path, *, workers: int = 2,
                     sim_args: tuple[str, ...] = ("--delay", "0"),
                     worker_env: dict[str, str] | None = None,
-                    api_env: dict[str, str] | None = None) -> "Stack":
+                    api_env: dict[str, str] | None = None,
+                    hostile_front: bool = False) -> "Stack":
         sim_port, api_port = free_port(), free_port()
         sim = Service("accrual-sim", "accrual_sim", {"RUN_ADDRESS": f"127.0.0.1:{sim_port}"},
                       log_dir, sim_args, port=sim_port).start()
+        front = None
+        accrual_port = sim_port
+        if hostile_front:
+            accrual_port = free_port()
+            front = Service("hostile-front", "tests.hostile_accrual", {}, log_dir,
+                            ("--port", str(accrual_port), "--upstream", service_url(sim_port)),
+                            port=accrual_port).start()
         common = {"DATABASE_URI": database_uri,
-                  "ACCRUAL_SYSTEM_ADDRESS": f"127.0.0.1:{sim_port}"}
+                  "ACCRUAL_SYSTEM_ADDRESS": f"127.0.0.1:{accrual_port}"}
         api = Service("api", "api", {**common, "RUN_ADDRESS": f"127.0.0.1:{api_port}",
                                      "SESSION_SECRET": SESSION_SECRET,
                                      "LOGIN_MAX_FAILURES": "0", **(api_env or {})},
@@ -72,14 +83,14 @@ class Stack:
         env = {**common, "WORKER_POLL_INTERVAL": "0.5", **(worker_env or {})}
         connector = aiohttp.TCPConnector(limit=32)
         stack = cls(log_dir, database_uri, sim, api, aiohttp.ClientSession(connector=connector),
-                    env)
+                    env, front=front)
         for _ in range(workers):
             stack.add_worker()
         return stack
 
     async def close(self) -> None:
         await self.http.close()
-        for service in (*self.workers, self.api, self.sim):
+        for service in (*self.workers, self.api, self.sim, *([self.front] if self.front else [])):
             if service.running:
                 # A hung process is killed by stop(), which then raises: go on.
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -111,7 +122,7 @@ class Stack:
         self.killed += 1
 
     def services(self) -> list[Service]:
-        return [self.sim, self.api, *self.workers]
+        return [self.sim, self.api, *self.workers, *([self.front] if self.front else [])]
 
     def logs(self) -> dict[str, str]:
         return {s.name: s.log() for s in self.services()}
@@ -141,6 +152,20 @@ class Stack:
 
     async def sim_stats(self) -> dict[str, Any]:
         async with self.http.get(f"{self.sim_url}/api/stats") as response:
+            result: dict[str, Any] = await response.json()
+            return result
+
+    # -- the hostile front ------------------------------------------------------
+
+    async def hostile_script(self, script: dict[str, str]) -> None:
+        assert self.front is not None and self.front.port is not None
+        async with self.http.post(f"{service_url(self.front.port)}/hostile/script",
+                                  json=script) as response:
+            assert response.status == 200, await response.text()
+
+    async def hostile_requests(self) -> dict[str, Any]:
+        assert self.front is not None and self.front.port is not None
+        async with self.http.get(f"{service_url(self.front.port)}/hostile/requests") as response:
             result: dict[str, Any] = await response.json()
             return result
 

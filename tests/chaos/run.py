@@ -2,8 +2,12 @@
 
 The accrual simulator answers ~10 % of calls with 500, delays some, and limits
 the rate tightly; orders are uploaded by many users while workers are SIGKILLed
-and replaced at seeded-random moments and users withdraw concurrently. At the
-end every figure is checked against what the run itself knows it did.
+and replaced at seeded-random moments and users withdraw concurrently. The
+workers reach the simulator through a hostile front (tests/hostile_accrual.py)
+that answers some orders with bombs, lies, redirects, huge or malformed
+bodies, slow drips, and one-off 429s with absurd Retry-After values and
+limits; one user floods the queue with orders nobody knows. At the end every
+figure is checked against what the run itself knows it did.
 
 ``make chaos`` runs the full size with its own PostgreSQL::
 
@@ -36,6 +40,18 @@ _EARNING = (("Чайник Bork", "7000"), ("Чипсы Pringles бекон", "1
             ("Телевизор Bork", "14599.50"), ("Pringles Original", "99.99"))
 _NOTHING = ("Хлеб бородинский", "45")
 
+# Answers the hostile front gives an order for good: never credited, the order stays NEW.
+HOSTILE_FOREVER = ("lie_order", "gzip_bomb", "deflate_bomb", "huge", "huge_chunked",
+                   "redirect", "redirect_external", "bad_json", "wrong_shape", "deep",
+                   "accrual_string", "accrual_negative", "accrual_huge", "unknown_status",
+                   "teapot", "nested_gzip", "brotli", "drip", "huge_header")
+# Answers it gives once, then the simulator answers: the order ends as planned.
+# (A 429 announcing a tiny limit is left to tests/test_worker_hostile.py: obeyed for
+# ACCRUAL_RATE_TTL, it would only stretch this run.)
+HOSTILE_ONCE = ("429:0", "429:-5", "429:soon", "429:none", "429:99999999",
+                "429:Thu, 01 Jan 1970 00:00:00 GMT", "redirect", "gzip_bomb", "lie_order",
+                "drip", "teapot")
+
 
 @dataclass(frozen=True)
 class ChaosConfig:
@@ -61,6 +77,8 @@ class ChaosConfig:
     upload_concurrency: int = 12
     withdrawals_per_user: int = 4
     settle_within: float = 300.0  # deadline for every known order to be final
+    hostile_rate: float = 0.04  # orders the hostile front answers its own way
+    flood: int = 300  # unknown orders one user uploads in a burst at the start
 
 
 @dataclass
@@ -68,8 +86,11 @@ class Planned:
     number: str
     user: int
     goods: list[tuple[str, str]]
-    kind: str  # "early" (in the simulator before upload), "late" (after), "unknown" (never)
+    kind: str  # "early" (in the simulator before upload), "late" (after), "unknown" (never),
+    # "hostile" (answered wrongly for good by the hostile front: never credited)
     repeat: bool  # uploaded again by its owner (200) and by another user (409)
+    hostile: str | None = None  # the hostile front's script for it
+    burst: bool = False  # uploaded at the start, all at once (the flood)
 
     @property
     def accrual(self) -> Decimal | None:
@@ -86,6 +107,8 @@ class Figures:
     processed: int = 0
     invalid: int = 0
     still_new_unknown: int = 0
+    hostile_orders: int = 0
+    hostile_by_behaviour: dict[str, int] = field(default_factory=dict)
     sim_requests: int = 0
     sim_429s: int = 0
     sim_pauses: int = 0
@@ -109,8 +132,17 @@ def plan(config: ChaosConfig, rng: random.Random) -> list[Planned]:
         goods = [rng.choice(_EARNING) for _ in range(rng.randint(1, 3))]
         if rng.random() < 0.05:
             goods = [_NOTHING]  # ends INVALID
-        planned.append(Planned(with_check_digit(str(10_000_000 + i)), rng.randrange(config.users),
-                               goods, kind, rng.random() < 0.02))
+        order = Planned(with_check_digit(str(10_000_000 + i)), rng.randrange(config.users),
+                        goods, kind, rng.random() < 0.02)
+        if rng.random() < config.hostile_rate:
+            if rng.random() < 0.5:
+                order.kind, order.hostile = "hostile", rng.choice(HOSTILE_FOREVER)
+            else:
+                order.hostile = "once:" + rng.choice(HOSTILE_ONCE)
+        planned.append(order)
+    # One user's burst of orders nobody will ever know: they must not hold back the rest.
+    planned.extend(Planned(with_check_digit(str(20_000_000 + i)), 0, [], "unknown", False,
+                           burst=True) for i in range(config.flood))
     return planned
 
 
@@ -138,6 +170,7 @@ class Chaos:
 
         self.tokens = list(await asyncio.gather(*(register(i) for i in range(config.users))))
         orders = plan(config, self.rng)
+        await stack.hostile_script({o.number: o.hostile for o in orders if o.hostile})
         uploads_done = asyncio.Event()
         killer = asyncio.create_task(self._kill_workers(uploads_done))
         spenders = [asyncio.create_task(self._spend(u))
@@ -168,7 +201,8 @@ class Chaos:
         step = self.config.upload_over / max(len(orders), 1)
 
         async def one(index: int, order: Planned) -> None:
-            await asyncio.sleep(index * step)  # a steady stream, not one burst
+            if not order.burst:
+                await asyncio.sleep(index * step)  # a steady stream, not one burst
             async with sem:
                 if order.kind == "early":
                     assert await stack.sim_order(order.number, order.goods) == 202
@@ -241,7 +275,7 @@ class Chaos:
         self.figures.kills = stack.killed
 
     async def _settle(self, orders: list[Planned]) -> None:
-        known = [o.number for o in orders if o.kind != "unknown"]
+        known = [o.number for o in orders if o.kind not in ("unknown", "hostile")]
         conn = await asyncpg.connect(self.stack.database_uri)
         try:
             async def all_final() -> bool:
@@ -279,6 +313,9 @@ class Chaos:
             assert row["login"] == f"chaos-user-{order.user}", row
             if order.kind == "unknown":
                 assert row["status"] == "NEW", row  # never INVALID for a 204
+            elif order.kind == "hostile":
+                # A malformed, lying or unreadable answer is never believed.
+                assert (row["status"], row["accrual"]) == ("NEW", None), (row, order.hostile)
             elif order.accrual is None:
                 assert row["status"] == "INVALID", row
             else:
@@ -304,7 +341,7 @@ class Chaos:
         # Every user, through the API: balance = PROCESSED accruals - withdrawals, exactly.
         earned: dict[int, Decimal] = defaultdict(Decimal)
         for order in orders:
-            if order.kind != "unknown" and order.accrual is not None:
+            if order.kind not in ("unknown", "hostile") and order.accrual is not None:
                 earned[order.user] += order.accrual
         spent: dict[int, Decimal] = defaultdict(Decimal)
         for user, amount in self.withdrawn.values():
@@ -329,6 +366,16 @@ class Chaos:
         figures.sim_by_status = stats["by_status"]
         assert stats["requests_during_pause"] == 0, stats
 
+        # The hostile front: every scripted order was asked, no redirect was followed.
+        front = await stack.hostile_requests()
+        figures.hostile_orders = sum(1 for o in orders if o.hostile)
+        figures.hostile_by_behaviour = front["by_behaviour"]
+        assert front["trap_hits"] == 0, front
+        assert all(front["asked"].get(o.number, 0) >= 1 for o in orders if o.hostile)
+        # No worker died but those the run SIGKILLed: nothing the front said crashed one.
+        dead = [w.name for w in stack.workers if not w.running]
+        assert len(dead) == stack.killed, (dead, stack.killed)
+
         # The API never died; no log line holds a password, hash, secret or token.
         assert stack.api.running and stack.sim.running
         secrets = [*self.passwords, SESSION_SECRET,
@@ -345,14 +392,17 @@ def sim_args(config: ChaosConfig) -> tuple[str, ...]:
 
 
 def worker_env(config: ChaosConfig) -> dict[str, str]:
+    # The hostile front's absurd Retry-After values are bounded by a short ceiling here,
+    # so the run is not spent waiting out pauses the setting exists to bound.
     return {"WORKER_LEASE": str(config.lease), "WORKER_BACKOFF_MAX": "5",
-            "WORKER_STOP_TIMEOUT": "1"}
+            "WORKER_STOP_TIMEOUT": "1", "ACCRUAL_PAUSE_MAX": "3", "ACCRUAL_TIMEOUT": "2"}
 
 
 async def chaos(config: ChaosConfig, database_uri: str, log_dir: Path) -> Figures:
     """Start the system on ``database_uri`` (migrated or empty), run, audit, stop."""
     stack = await Stack.start(database_uri, log_dir, workers=config.workers,
-                              sim_args=sim_args(config), worker_env=worker_env(config))
+                              sim_args=sim_args(config), worker_env=worker_env(config),
+                              hostile_front=True)
     try:
         return await Chaos(stack, config).run()
     finally:

@@ -12,7 +12,7 @@ from tests.chaos.run import ChaosConfig, chaos
 pytestmark = pytest.mark.e2e
 
 SCALED = ChaosConfig(users=30, orders=300, workers=3, rate_limit=12, upload_over=30.0,
-                     withdrawals_per_user=4,
+                     withdrawals_per_user=4, flood=100,
                      settle_within=90.0)
 
 
@@ -24,3 +24,4 @@ async def test_under_500s_latency_429s_and_sigkilled_workers_every_point_is_acco
     assert figures.kills >= 3  # workers really died mid-run
     assert figures.sim_500s > 0 and figures.sim_429s > 0  # the faults really happened
     assert figures.processed > 0 and figures.invalid > 0 and figures.withdrawals_ok > 0
+    assert figures.hostile_orders > 0  # the hostile front really lied
