@@ -71,6 +71,7 @@ class Report:
     flow: dict[str, Any] = field(default_factory=dict)
     work_per_worker: dict[str, int] = field(default_factory=dict)
     users: dict[str, list[int]] = field(default_factory=dict)
+    processes: dict[str, int] = field(default_factory=dict)
     log_lines: dict[str, int] = field(default_factory=dict)
     stop_seconds: dict[str, float] = field(default_factory=dict)
     exit_codes: dict[str, int] = field(default_factory=dict)
@@ -249,7 +250,9 @@ class Stack:
             if not pending and len(self.of("worker")) == workers:
                 return
             if time.monotonic() - started > timeout:
-                raise CheckFailed(f"not ready after {timeout:.0f} s: {pending}")
+                tails = "\n".join(f"--- {name}: {self.state(name)}\n"
+                                  + "\n".join(self.logs(name)[-10:]) for name in pending)
+                raise CheckFailed(f"not ready after {timeout:.0f} s: {pending}\n{tails}")
             time.sleep(0.5)
 
 
@@ -281,6 +284,7 @@ def check_users(stack: Stack, report: Report) -> None:
         top = run(["docker", "top", name, "-eo", "uid,pid,comm"]).stdout.splitlines()[1:]
         uids = sorted({int(line.split()[0]) for line in top if line.strip()})
         report.users[name] = uids
+        report.processes[name] = sum(1 for line in top if line.strip())
         if not uids or 0 in uids:
             raise CheckFailed(f"{name} runs a process as root: {top}")
         read_only = run(["docker", "inspect", "-f", "{{.HostConfig.ReadonlyRootfs}}",
@@ -408,7 +412,8 @@ def print_report(report: Report, out: Any) -> None:
           f"balance {flow['balance']} after a withdrawal, {flow['seconds']} s", file=out)
     print("order state changes per worker: "
           + ", ".join(f"{n}={c}" for n, c in report.work_per_worker.items()), file=out)
-    print("process uids: " + ", ".join(f"{n}={u}" for n, u in report.users.items()), file=out)
+    print("processes (uids): " + ", ".join(f"{n}={report.processes[n]} {u}"
+                                           for n, u in report.users.items()), file=out)
     print("JSON log lines: " + ", ".join(f"{n}={c}" for n, c in report.log_lines.items()),
           file=out)
     print("stop (docker stop, SIGTERM then 15 s grace):", file=out)

@@ -138,6 +138,11 @@ def test_pods_run_unprivileged_as_the_image_user(manifests: list[Manifest]) -> N
         assert security["allowPrivilegeEscalation"] is False
         assert security["readOnlyRootFilesystem"] is True
         assert security["capabilities"]["drop"] == ["ALL"]
+        # ... with /tmp writable: the API's processes share their metrics there.
+        [mount] = container(deployment)["volumeMounts"]
+        [volume] = pod["volumes"]
+        assert mount == {"name": volume["name"], "mountPath": "/tmp"}
+        assert "emptyDir" in volume
 
 
 def listen_port(deployment: Manifest, variable: str) -> int:
