@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 
 .PHONY: run test test-browser browser-deps lint format lock lock-upgrade compose-check \
-	postgres-binaries bench bench-smoke chaos clean
+	postgres-binaries bench bench-smoke bench-scale chaos clean
 
 # Installs take exact versions with their hashes from requirements/dev.lock, never
 # whatever the index has today; the project itself goes in editable, without deps.
@@ -102,6 +102,12 @@ bench: $(STAMP) postgres-binaries
 
 bench-smoke: $(STAMP) postgres-binaries
 	$(BIN)/python -m bench --smoke
+
+# The scale benchmark (bench/scale.py, about 15 minutes): seeds a large shop (1 M customers,
+# 10 M orders, 10 M ledger entries) and measures every figure there next to an empty
+# database; rewrites its part of bench/RESULTS.md.
+bench-scale: $(STAMP) postgres-binaries
+	$(BIN)/python -m bench.scale
 
 # The image and the compose stack on a real Docker engine (deploy/compose_check.py):
 # build, a customer's flow, 4 workers all taking work, non-root processes, JSON logs,

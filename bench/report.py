@@ -47,14 +47,17 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def update_results(path: Path, section: str) -> None:
-    """Replace the generated part of RESULTS.md, keeping the hand-written notes around it."""
-    block = f"{BEGIN}\n{section.strip()}\n{END}"
+def update_results(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace one generated part of RESULTS.md (between ``begin`` and ``end``), keeping
+    the hand-written notes around it; a part not there yet is appended."""
+    block = f"{begin}\n{section.strip()}\n{end}"
     if path.exists():
         text = path.read_text()
-        if BEGIN in text and END in text:
-            head, _, rest = text.partition(BEGIN)
-            _, _, tail = rest.partition(END)
+        if begin in text and end in text:
+            head, _, rest = text.partition(begin)
+            _, _, tail = rest.partition(end)
             path.write_text(head + block + tail)
             return
+        path.write_text(text.rstrip("\n") + f"\n\n{block}\n")
+        return
     path.write_text(f"# Benchmark results\n\n{block}\n")
