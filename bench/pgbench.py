@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.pg import SCHEMA
+from shared.pg import SERVER_SETTINGS
 
 _TPS = re.compile(r"^tps = ([\d.]+)", re.MULTILINE)
 _LATENCY = re.compile(r"^latency average = ([\d.]+) ms", re.MULTILINE)
@@ -43,7 +43,11 @@ def write_script(path: Path, sql: str, draws: dict[int, str]) -> Path:
 async def run(binary: str, dsn: str, script: Path, *, clients: int,
               seconds: float) -> PgbenchResult:
     """``clients`` connections (the API's pool size), one pgbench thread, prepared statements."""
-    env = {**os.environ, "PGOPTIONS": f"-c search_path={SCHEMA}"}
+    # The API's own session settings (search_path, enable_seqscan, jit): the same SQL
+    # planned the same way.
+    env = {**os.environ,
+           "PGOPTIONS": " ".join(f"-c {k}={v}" for k, v in SERVER_SETTINGS.items()
+                                 if k != "application_name")}
     cmd = [binary, "-n", "-M", "prepared", "-c", str(clients), "-j", "1",
            "-T", str(max(round(seconds), 1)), "-f", str(script), dsn]
     proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.PIPE,

@@ -61,7 +61,12 @@ class Proc:
         return self.process.pid
 
     def peak_rss_mib(self) -> float:
-        return peak_rss_mib(self.pid)
+        """The largest peak among this process and its children (the API's processes
+        run under a supervisor)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        pids = [self.pid, *(int(p) for p in children.read_text().split())] \
+            if children.exists() else [self.pid]
+        return max(peak_rss_mib(pid) for pid in pids)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (a graceful stop), then SIGKILL if it lingers; safe to call twice."""
