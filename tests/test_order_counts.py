@@ -32,3 +32,17 @@ async def test_counters_follow_inserts_updates_and_truncate(pool: asyncpg.Pool) 
     assert await _check(pool) == {"PROCESSING": 5, "INVALID": 5, "PROCESSED": 20}
     await pool.execute("TRUNCATE orders CASCADE")
     assert await _check(pool) == {}
+
+
+async def test_counters_follow_writes_of_a_session_without_our_search_path(
+        pool: asyncpg.Pool, database_uri: str) -> None:
+    conn = await asyncpg.connect(database_uri)  # search_path: the default, not ours
+    try:
+        user = await conn.fetchval("INSERT INTO gophermart.users (login, password_hash) "
+                                   "VALUES ('p', 'x') RETURNING id")
+        await conn.execute("INSERT INTO gophermart.orders (number, user_id, status, accrual) "
+                           "VALUES ('1', $1, 'PROCESSED', 1), ('2', $1, 'NEW', NULL)", user)
+        await conn.execute("UPDATE gophermart.orders SET status = 'INVALID' WHERE number = '2'")
+    finally:
+        await conn.close()
+    assert await _check(pool) == {"PROCESSED": 1, "INVALID": 1}
