@@ -9,7 +9,7 @@ from api.metrics import METRICS, orders_by_status
 from api.state import POOL
 from db.migrate import schema_problem
 from shared import ops
-from shared.metrics import exported
+from shared.metrics_share import exported, shared
 
 
 def add_ops_routes(app: web.Application) -> None:
@@ -20,5 +20,8 @@ def add_ops_routes(app: web.Application) -> None:
     async def scrape() -> Iterable[Metric]:
         return await orders_by_status(app[POOL])
 
-    app.add_routes(ops.ops_routes(ready=ready, registry=exported(app[METRICS].registry),
-                                  scrape=scrape))
+    own = app[METRICS].registry
+    sharing = shared(own)  # one of several API processes: report them all
+    if sharing is not None:
+        app.cleanup_ctx.append(lambda _: sharing.flushing())
+    app.add_routes(ops.ops_routes(ready=ready, registry=exported(own, sharing), scrape=scrape))

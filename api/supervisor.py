@@ -17,9 +17,9 @@ stops gracefully by itself.
 Budgets are totals for the whole API: ``DB_POOL_MAX``/``DB_POOL_MIN`` and
 ``HASH_CONCURRENCY`` are divided among the children (at least one connection
 and one hashing thread each), so PostgreSQL sees the same number of API
-connections whatever the number of processes. Metrics are aggregated across
-the children through prometheus-client's multiprocess mode, so a scrape that
-reaches any child reports the whole API.
+connections whatever the number of processes. Each child writes snapshots of
+its metrics into a directory they share (shared/metrics_share.py), so a scrape
+that reaches any child reports the whole API.
 """
 
 import asyncio
@@ -43,14 +43,13 @@ from types import FrameType
 import structlog
 
 from db.migrate import SchemaTooNew, migrate_when_ready
+from shared.metrics_share import METRICS_DIR_ENV
 from shared.settings import ApiSettings, split_host_port, to_environ
 
 log = structlog.get_logger("api.supervisor")
 
 # The read end of the supervisor's pipe, inherited by each child; set only in children.
 PARENT_PIPE_ENV = "GOPHERMART_API_PARENT_FD"
-# prometheus-client reads it at import: every child writes its metrics there.
-METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 STOP_TIMEOUT = 10.0  # a child's graceful stop (aiohttp's shutdown_timeout is 5 s)
 RESTART_DELAY = 0.5

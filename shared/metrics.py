@@ -5,8 +5,6 @@ so creating many apps in one process never registers a metric twice, and
 tests read exact values.
 """
 
-import os
-
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
@@ -14,7 +12,6 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
 
 # Seconds: from a cached query (~1 ms) to a slow argon2 hash or accrual answer.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -28,24 +25,6 @@ def new_registry() -> CollectorRegistry:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    return registry
-
-def exported(own: CollectorRegistry) -> CollectorRegistry:
-    """The registry /metrics serves: ``own``, or every sibling process's metrics.
-
-    Under the API's supervisor each child records its metrics in files of the
-    directory ``PROMETHEUS_MULTIPROC_DIR`` names (prometheus-client's
-    multiprocess mode); a scrape reaching any child sums them all, so counters
-    stay monotonic whichever child answers and a restarted child's counts are
-    kept. Per-process series (``process_*``, ``python_gc_*``) would describe
-    only the child that answered, so they are left out there.
-    """
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory:
-        return own
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-    PlatformCollector(registry=registry)
     return registry
 
 

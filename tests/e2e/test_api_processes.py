@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from api.supervisor import child_budgets, process_count, shares, usable_cpus
+from shared.metrics_share import FLUSH_INTERVAL
 from shared.settings import ApiSettings
 from tests.processes import Service, free_port, service_url
 
@@ -141,14 +142,22 @@ async def test_metrics_count_the_requests_of_every_process(api: Service) -> None
     assert len(_request_pids(api, "/api/openapi.json")) > 1
     pattern = re.compile(r'^gophermart_http_requests_total\{method="GET",'
                          r'route="/api/openapi.json",status="200"\} (\S+)$', re.MULTILINE)
+
+    async def count(http: aiohttp.ClientSession) -> float:
+        async with http.get(f"{url}/metrics") as response:
+            text = await response.text()
+        found = pattern.search(text)
+        assert found is not None, text[:2000]
+        return float(found.group(1))
+
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-        for _ in range(6):  # scrapes reach different processes: each reports the total
-            async with http.get(f"{url}/metrics") as response:
-                text = await response.text()
-            found = pattern.search(text)
-            assert found is not None, text[:2000]
-            assert float(found.group(1)) == 40
-    await asyncio.sleep(0)
+        # Other processes' snapshots are at most FLUSH_INTERVAL old.
+        deadline = time.monotonic() + 5 * FLUSH_INTERVAL
+        while await count(http) != 40:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        # Scrapes reach different processes: each reports the total of all of them.
+        assert [await count(http) for _ in range(6)] == [40.0] * 6
 
 
 def test_budgets_are_totals_split_between_processes() -> None:
