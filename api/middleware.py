@@ -20,6 +20,7 @@ from api.errors import (
     error_response,
 )
 from api.metrics import METRICS
+from shared.logs import bounded
 from shared.pg import PoolBusy
 
 log = structlog.get_logger("api.access")
@@ -86,9 +87,19 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         _maybe_compress(request, response)
     # An answer nobody will receive is not logged as delivered.
     status = CLIENT_GONE if client_gone(request) else response.status
-    log.info("request", method=request.method, path=request.path, status=status,
+    log.info("request", method=request.method, path=_logged_path(request), status=status,
              latency_ms=round((time.perf_counter() - started) * 1000, 2))
     return response
+
+
+# The path of a request no route matched is the client's free text: cut shorter.
+UNMATCHED_PATH_CHARS = 128
+
+
+def _logged_path(request: web.Request) -> str:
+    if request.match_info.route.resource is None:  # 404 and 405: no route matched
+        return bounded(request.path, UNMATCHED_PATH_CHARS)
+    return request.path
 
 
 def request_id() -> str:

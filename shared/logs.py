@@ -24,6 +24,29 @@ SECRET_KEYS = frozenset({"password", "password_hash", "secret", "session_secret"
                          "token", "authorization", "cookie"})
 
 
+# Every value in a log line is cut to this many characters (a traceback to
+# MAX_TRACEBACK_CHARS): whatever a client sends (a path, a method, a header or a
+# body echoed in an error), one line costs a bounded amount of log.
+MAX_VALUE_CHARS = 512
+MAX_TRACEBACK_CHARS = 16_384
+
+
+def bounded(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """``text``, or its first ``limit`` characters and how many more there were."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[+{len(text) - limit} chars]"
+
+
+def _bound_values(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            limit = MAX_TRACEBACK_CHARS if key == "exception" else MAX_VALUE_CHARS
+            if len(value) > limit:
+                event[key] = bounded(value, limit)
+    return event
+
+
 def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in SECRET_KEYS.intersection(event):
         event[key] = "[redacted]"
@@ -104,7 +127,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     ]
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, _add_logger_name, *common,
-                    *tracebacks, renderer],
+                    *tracebacks, _bound_values, renderer],
         logger_factory=_LoggerFactory(stream),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
@@ -113,7 +136,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         foreign_pre_chain=[structlog.contextvars.merge_contextvars,
                            structlog.stdlib.add_logger_name, *common],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    *tracebacks, renderer],
+                    *tracebacks, _bound_values, renderer],
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)

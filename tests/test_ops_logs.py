@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 import structlog
 
-from shared.logs import configure
+from shared.logs import MAX_TRACEBACK_CHARS, MAX_VALUE_CHARS, configure
 
 
 @pytest.fixture
@@ -101,3 +101,21 @@ def test_other_unknown_values_are_their_repr_not_a_lost_line(
     structlog.get_logger("x").info("odd value", what=object)
     [entry] = lines(json_logs)
     assert entry["what"] == "<class 'object'>"
+
+
+def test_every_value_is_cut_to_a_bounded_size_ours_and_other_libraries(
+        json_logs: pytest.CaptureFixture[str]) -> None:
+    configure_json()
+    structlog.contextvars.bind_contextvars(path="/" + "p" * 10_000)
+    structlog.get_logger("api.access").info("request", method="G" * 5_000, status=404)
+    logging.getLogger("aiohttp.server").warning("bad request line %s", "q" * 10_000)
+    try:
+        raise ValueError("v" * 100_000)
+    except ValueError:
+        structlog.get_logger("api").exception("unhandled error")
+    ours, theirs, failed = lines(json_logs)
+    assert ours["path"] == "/" + "p" * (MAX_VALUE_CHARS - 1) + "…[+9489 chars]"
+    assert str(ours["method"]).endswith("…[+4488 chars]") and ours["status"] == 404
+    assert str(theirs["event"]).endswith(f"…[+{10_000 + 17 - MAX_VALUE_CHARS} chars]")
+    assert len(str(failed["exception"])) < MAX_TRACEBACK_CHARS + 32
+    assert "ValueError" in str(failed["exception"])

@@ -136,3 +136,21 @@ async def test_latency_counts_from_when_the_request_was_read_not_when_its_handle
                for line in access_lines(system) if line["request_id"] in ("slow-1", "queued-2")}
     # The second request's wait behind the first is part of its latency.
     assert latency["queued-2"] >= latency["slow-1"] > 0
+
+
+async def test_a_client_cannot_make_log_lines_long(start_system: SystemFactory) -> None:
+    system = await start_system(workers=0, api_env={"API_PROCESSES": "1"})
+    long_path = "/" + "x" * 8000
+    async with system.http.get(f"{system.api_url}{long_path}",
+                               headers={"X-Request-ID": "long-path"}) as response:
+        assert response.status == 404
+    async def logged() -> bool:
+        return "long-path" in {line["request_id"] for line in access_lines(system)}
+
+    await eventually(logged, within=10, what="the request logged")
+    lines = [line for line in system.api.log().splitlines() if '"long-path"' in line]
+    assert lines and all(len(line) < 1500 for line in lines), [len(line) for line in lines]
+    by_id = {line["request_id"]: line for line in access_lines(system)}
+    assert str(by_id["long-path"]["path"]).endswith("…[+7873 chars]")
+    text = await metrics(system)
+    assert 'route="unmatched"' in text and "xxxxxxxx" not in text
