@@ -21,6 +21,8 @@ class Plan:
     rate_seconds: float  # how long the workers run against the limit
     anchor_jobs: int  # jobs for the pgqueuer / our-loop anchor
     batch_size: int = 64  # worker batch (our default) and pgqueuer's batch
+    hoard_orders: int = 100_000  # orders of the customer whose lists load the API
+    hoard_connections: int = 40  # that customer's list requests in flight
 
 
 FULL = Plan(
@@ -34,5 +36,5 @@ SMOKE = Plan(
     name="smoke", wrk_seconds=1.5, pgbench_seconds=1, connections=32, users=32,
     list_orders=100, storm_connections=32, storm_probe_connections=8,
     worker_orders=1_000, latency_rate=20, latency_seconds=2,
-    rate_limit=10, rate_window=1, rate_seconds=4, anchor_jobs=1_000,
+    rate_limit=10, rate_window=1, rate_seconds=4, anchor_jobs=1_000, hoard_orders=3_000,
 )
