@@ -9,9 +9,10 @@ seconds, when it stops, and just before it answers a scrape. A scrape that
 reaches any process reads every snapshot and sums the samples that share a
 name and labels: counters and histograms of the whole API, which never go
 backwards when another process answers the next scrape, and which keep the
-counts of a process that exited. Another process's counts are at most
-``FLUSH_INTERVAL`` seconds old (a process killed outright loses its last
-interval). Gauges are summed too. Per-process series (``process_*``,
+counts of a process that exited. Gauges are summed over the processes still
+running (an exited process's open streams are not open any more). Another
+process's values are at most ``FLUSH_INTERVAL`` seconds old (a process killed
+outright loses its last interval). Per-process series (``process_*``,
 ``python_gc_*``) are not shared: they would describe only the process that
 answered.
 """
@@ -60,7 +61,10 @@ class SharedMetrics(Collector):
                 families: list[dict[str, Any]] = orjson.loads(path.read_bytes())
             except (OSError, orjson.JSONDecodeError):
                 continue  # a process that never finished its first snapshot
+            running = path == self._path or _running(path.stem)
             for family in families:
+                if family["type"] == "gauge" and not running:
+                    continue
                 _, _, samples = merged.setdefault(
                     family["name"], (family["type"], family["help"], {}))
                 for sample_name, labels, value in family["samples"]:
@@ -88,6 +92,17 @@ class SharedMetrics(Collector):
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self.snapshot()
+
+
+def _running(name: str) -> bool:
+    """Whether the process a snapshot is named after still runs (same pid namespace)."""
+    try:
+        os.kill(int(name), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
 
 
 def shared(own: CollectorRegistry) -> SharedMetrics | None:

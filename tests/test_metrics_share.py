@@ -1,5 +1,7 @@
 """Metrics of several processes summed from their snapshots (shared/metrics_share.py)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,13 +39,16 @@ def test_a_scrape_sums_every_process_snapshot(tmp_path: Path) -> None:
     assert not any(name.endswith("_created") for name, _ in samples)
 
 
-def test_counts_of_a_process_that_exited_are_kept(tmp_path: Path) -> None:
-    gone = _process(tmp_path, "1", requests=5, seconds=0.1)
+def test_counts_of_a_process_that_exited_are_kept_and_its_gauges_dropped(
+        tmp_path: Path) -> None:
+    exited = subprocess.Popen([sys.executable, "-c", ""])
+    exited.wait()  # a pid that no longer runs
+    gone = _process(tmp_path, str(exited.pid), requests=5, seconds=0.1)
     gone.snapshot()
-    del gone
-    alive = _process(tmp_path, "2", requests=1, seconds=0.1)
-    assert _samples(exported(CollectorRegistry(), alive))[
-        ("gophermart_requests_total", (("route", "/a"),))] == 6
+    alive = _process(tmp_path, "alive", requests=1, seconds=0.1)
+    samples = _samples(exported(CollectorRegistry(), alive))
+    assert samples[("gophermart_requests_total", (("route", "/a"),))] == 6
+    assert samples[("gophermart_in_use", ())] == 2  # the exited process's 2 are gone
 
 
 def test_a_single_process_serves_its_own_registry() -> None:

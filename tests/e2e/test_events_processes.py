@@ -10,6 +10,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from shared.metrics_share import FLUSH_INTERVAL
 from tests.processes import Service, free_port, service_url
 
 pytestmark = pytest.mark.e2e
@@ -65,7 +66,11 @@ async def test_a_change_reaches_streams_in_every_process_and_the_metric_sums_the
             return next(line for line in text.splitlines()
                         if line.startswith("gophermart_event_streams "))
 
-        assert await count() == f"gophermart_event_streams {float(USERS)}"
+        # Other processes' counts reach a scrape within FLUSH_INTERVAL (their snapshots).
+        deadline = asyncio.get_running_loop().time() + 5 * FLUSH_INTERVAL
+        while await count() != f"gophermart_event_streams {float(USERS)}":
+            assert asyncio.get_running_loop().time() < deadline, await count()
+            await asyncio.sleep(0.1)
         # One transaction changes every user's balance: every stream hears it.
         await pool.execute("UPDATE balances SET current = current + 1")
         for stream in streams:
