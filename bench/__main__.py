@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from bench import anchor, http_bench, overload_bench, pgbench, worker_bench, wrk
+from bench import anchor, fairness_bench, http_bench, overload_bench, pgbench, worker_bench, wrk
 from bench.context import Ctx
 from bench.plan import FULL, SMOKE, Plan
 from bench.report import Row, table, update_results
@@ -60,6 +60,7 @@ async def _run(ctx: Ctx) -> list[Row]:
     rows = await http_bench.run(ctx)
     rows += await overload_bench.run(ctx)
     rows += await worker_bench.run(ctx)
+    rows += await fairness_bench.run(ctx)
     rows += await anchor.run(ctx)
     return rows + _memory_rows(ctx)
 

@@ -28,6 +28,7 @@ ROWS = (
     "-> PROCESSED latency",
     "rate-limit utilisation",
     "429s and calls during an announced pause",
+    "fairness: another user's known order",
     "queue anchor",
     "peak RSS of one API process",
     "peak RSS of one worker process",
