@@ -26,6 +26,7 @@ class Plan:
     fair_flood: int = 3_000  # one user's unknown orders in the fairness figure
     fair_orders: int = 20  # another user's known orders uploaded meanwhile ...
     fair_rate: float = 2.0  # ... at this many per second
+    fair_baseline: bool = True  # also the same uploads without the flood (the baseline)
 
 
 FULL = Plan(
@@ -40,5 +41,5 @@ SMOKE = Plan(
     list_orders=100, storm_connections=32, storm_probe_connections=8,
     worker_orders=1_000, latency_rate=20, latency_seconds=2,
     rate_limit=10, rate_window=1, rate_seconds=4, anchor_jobs=1_000, hoard_orders=3_000,
-    fair_flood=300, fair_orders=4,
+    fair_flood=300, fair_orders=4, fair_baseline=False,
 )

@@ -23,6 +23,8 @@ ROWS = (
     "POST /api/user/balance/withdraw",
     "POST /api/user/login",
     "during a login storm",
+    "GET /api/user/balance p99 while one customer keeps",
+    "peak RSS of each API process in the scenario above",
     "worker throughput, 1 process",
     "worker throughput, 2 processes",
     "-> PROCESSED latency",
