@@ -88,20 +88,22 @@ async def test_heartbeats_keep_a_quiet_stream_talking(sse: TestClient) -> None:
     stream.close()
 
 
-async def test_one_user_cannot_hold_more_than_the_per_user_cap(sse: TestClient) -> None:
+async def test_300_streams_of_one_user_cost_the_process_three(sse: TestClient) -> None:
     token = await register(sse, "mallory")
     hub = sse.app[EVENTS]
-    first = await open_stream(sse, token)
-    later = [await open_stream(sse, token) for _ in range(12)]
-    # Each stream past the third ended the oldest: the process holds three for her.
-    assert hub.open_streams == 3
+    live: list[aiohttp.ClientResponse] = []
+    for _ in range(300):
+        live.append(await open_stream(sse, token))
+        if len(live) > 3:
+            # Each stream past the third ended the oldest, at once.
+            oldest = live.pop(0)
+            assert await next_event(oldest) == ("end", "replaced")
+            assert await next_event(oldest) == ("eof", "")
+            oldest.close()
+        assert hub.open_streams == len(live)
     metrics = await (await sse.get("/metrics")).text()
     assert "\ngophermart_event_streams 3.0\n" in metrics
-    assert await next_event(first) == ("end", "replaced")
-    assert await next_event(first) == ("eof", "")
-    for stream in later[:-3]:
-        assert await next_event(stream) == ("end", "replaced")
-    for stream in (first, *later):
+    for stream in live:
         stream.close()
 
 
