@@ -38,7 +38,7 @@ ARTIFACTS = Path(os.environ.get("BROWSER_ARTIFACTS", ROOT / "test-artifacts" / "
 for _name in ("selenium", "urllib3"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-WAIT = 20.0  # seconds the page gets to show what it must (the worker included)
+WAIT = 60.0  # at most: seconds the page gets to show what it must (a loaded machine too)
 
 # "<url> - Failed to load resource: the server responded with a status of 409 (Conflict)"
 _HTTP_STATUS = re.compile(r"^(\S+) - Failed to load resource: the server responded with a "
