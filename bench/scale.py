@@ -5,7 +5,8 @@ Two databases on one private PostgreSQL: ``empty`` (migrated, nothing else) and
 ``bench/scale_seed.py``). Both then get the same benchmark users, a customer
 with 100 orders and one with 100,000, and the same measurements in the same
 order: the migration check every process runs at start, the API's and a
-worker's start, each endpoint under wrk, the metrics scrape, and the worker's
+worker's start, each endpoint under wrk (after an unmeasured warm-up run), the
+metrics scrape, and the worker's
 claim -> ask -> apply loop. Per figure the table puts the large database next
 to the empty one; full scans of ``orders``, ``ledger`` and ``users`` during the
 measurements are counted from ``pg_stat_user_tables``.
@@ -58,6 +59,7 @@ class ScalePlan:
     connections: int
     worker_orders: int
     list_orders: int = 100
+    warmup_seconds: float = 2  # an unmeasured wrk run before each figure (cold caches)
 
 
 FULL = ScalePlan("full", Size(customers=1_000_000, orders=10_000_000, ledger=10_000_000,
@@ -65,7 +67,7 @@ FULL = ScalePlan("full", Size(customers=1_000_000, orders=10_000_000, ledger=10_
                  worker_orders=20_000)
 SMOKE_SCALE = ScalePlan("smoke", Size(customers=2_000, orders=20_000, ledger=20_000,
                                       whale_orders=5_000, chunks=2),
-                        wrk_seconds=1, connections=8, worker_orders=500)
+                        wrk_seconds=1, connections=8, worker_orders=500, warmup_seconds=1)
 
 
 class ScalePostgres(LocalPostgres):
@@ -266,10 +268,11 @@ async def measure(ctx: Ctx, plan: ScalePlan, dsn: str, label: str) -> Measured:
     http = {}
     for ep in _endpoints(files, plan):
         say(f"{label}: {ep.figure}")
-        http[ep.figure] = await wrk.run(
-            ctx.wrk, url(api) + ep.path, wrk.script(ep.script, ctx.work_dir),
-            seconds=plan.wrk_seconds, connections=ep.connections or plan.connections,
-            expected=ep.expected, args=ep.args)
+        for length in (plan.warmup_seconds, plan.wrk_seconds):  # warm caches, then measure
+            http[ep.figure] = await wrk.run(
+                ctx.wrk, url(api) + ep.path, wrk.script(ep.script, ctx.work_dir),
+                seconds=length, connections=ep.connections or plan.connections,
+                expected=ep.expected, args=ep.args)
     rss = _tree_rss_mb(api)
     ctx.stack.stop(api)
     say(f"{label}: worker loop")
