@@ -10,10 +10,11 @@ import structlog
 from aiohttp import web
 
 from api.app import create_app
+from api.server import serve_until_stopped
 from api.supervisor import PARENT_PIPE_ENV, process_count, supervise, watch_parent
 from db.migrate import SchemaTooNew
 from shared import logs
-from shared.settings import ApiSettings, load, split_host_port
+from shared.settings import ApiSettings, load
 
 log = structlog.get_logger("api")
 
@@ -27,7 +28,7 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _stop_with_supervisor(_: web.Application) -> AsyncIterator[None]:
-    # SIGTERM to ourselves: run_app's own graceful shutdown.
+    # SIGTERM to ourselves: serve_until_stopped's own graceful shutdown.
     unwatch = watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
     yield
     if unwatch is not None:
@@ -36,20 +37,19 @@ async def _stop_with_supervisor(_: web.Application) -> AsyncIterator[None]:
 
 def serve(settings: ApiSettings, *, child: bool) -> None:
     """One API process; a supervised child shares the port with its siblings."""
-    host, port = split_host_port(settings.run_address)
     app = create_app(settings)
     if child:
         app.cleanup_ctx.insert(0, _stop_with_supervisor)
-    log.info("starting", address=f"{host}:{port}")
-    # run_app handles SIGINT and SIGTERM with a graceful shutdown; it "prints"
-    # once the socket listens, that is once start-up (migrations, pool) is done.
+    log.info("starting", address=settings.run_address)
+    # The socket listens once start-up (migrations, pool) is done.
+    loop = _event_loop()
     try:
-        web.run_app(app, host=host, port=port, access_log=None,
-                    print=lambda _: log.info("listening", address=f"{host}:{port}"),
-                    shutdown_timeout=5, reuse_port=child, loop=_event_loop())
+        loop.run_until_complete(serve_until_stopped(app, settings, reuse_port=child))
     except SchemaTooNew as exc:
         log.error("refusing to start", reason=str(exc))
         sys.exit(f"gophermart-api: {exc}")
+    finally:
+        loop.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from api import balance, orders, page, users
 from api.arrival import Application
+from api.crosssite import cross_site_guard
 from api.events import end_streams_on_shutdown, hub_context, user_events
 from api.health import add_ops_routes
 from api.listgate import StreamGate
@@ -16,10 +17,11 @@ from api.metrics import METRICS, ApiMetrics
 from api.middleware import errors_and_access_log
 from api.openapi import add_docs_routes
 from api.passwords import Passwords
-from api.sessions import RevocationListener, Sessions
+from api.sessions import RevocationListener, Sessions, WeakSecretError
 from api.state import LIST_GATE, PASSWORDS, POOL, SESSIONS, SETTINGS, STALLS, THROTTLE
-from api.throttle import LoginThrottle
+from api.throttle import Throttle, sweep_forever
 from db.migrate import migrate_when_ready
+from shared.ops import quiet_server_header
 from shared.pg import create_pool
 from shared.settings import ApiSettings
 from shared.stalls import Stalls
@@ -42,8 +44,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     listener = RevocationListener(settings.database_uri, app[SESSIONS].cache,
                                   timeout=settings.db_timeout)
     listening = asyncio.create_task(listener.run(), name="session-listener")
+    sweeper = asyncio.create_task(sweep_forever(app[POOL]), name="throttle-sweeper")
     yield
-    for task in (listening, watching):
+    for task in (listening, watching, sweeper):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -51,7 +54,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _passwords(app: web.Application) -> AsyncIterator[None]:
-    app[PASSWORDS] = Passwords(app[SETTINGS].hash_concurrency)
+    app[PASSWORDS] = Passwords(app[SETTINGS].hash_concurrency, app[SETTINGS].hash_queue)
     yield
     app[PASSWORDS].close()
 
@@ -99,20 +102,26 @@ def create_app(settings: ApiSettings) -> web.Application:
         raise SystemExit("DATABASE_URI (-d) is required")
     # A registry per app: tests create many apps in one process.
     metrics = ApiMetrics()
+    origins = [item for item in settings.allowed_origins.split(",") if item.strip()]
     app = Application(
-        middlewares=[metrics.middleware(), errors_and_access_log],
+        middlewares=[metrics.middleware(), errors_and_access_log, cross_site_guard(origins)],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[STALLS] = Stalls(metrics.registry, settings.stall_log_threshold)
-    app[SESSIONS] = Sessions(settings.session_secret, settings.session_ttl,
-                             settings.session_cache_ttl, cookie_secure=settings.cookie_secure,
-                             checked=metrics.session_checks)
-    app[THROTTLE] = LoginThrottle(settings.login_max_failures, settings.login_window)
+    try:
+        app[SESSIONS] = Sessions(settings.session_secret, settings.session_ttl,
+                                 settings.session_cache_ttl,
+                                 cookie_secure=settings.cookie_secure,
+                                 checked=metrics.session_checks)
+    except WeakSecretError as exc:
+        raise SystemExit(f"gophermart-api: {exc}") from exc
+    app[THROTTLE] = Throttle(settings)
     # Each long list holds at most one connection at a time: half the pool
     # always stays for everything else.
     app[LIST_GATE] = StreamGate(settings.list_concurrency, settings.db_pool_max // 2)
+    app.on_response_prepare.append(quiet_server_header)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_passwords)
     app.cleanup_ctx.append(hub_context)

@@ -25,7 +25,9 @@ def request_token(request: web.Request) -> str | None:
     """The token the request carries: the bearer header, else the cookie."""
     header = request.headers.get(hdrs.AUTHORIZATION)
     if header is not None:
-        return header[len(_BEARER):].strip() if header.startswith(_BEARER) else None
+        # The scheme is case-insensitive (RFC 9110 §11.1): "bearer" is "Bearer".
+        scheme, _, token = header.strip().partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
     return request.cookies.get(COOKIE_NAME)
 
 

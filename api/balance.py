@@ -27,6 +27,8 @@ async def withdraw(request: web.Request, user_id: int) -> web.StreamResponse:
         raise ApiError(402, "not enough points")
     if outcome is Withdrawal.CONFLICT:
         raise ApiError(409, "order number already paid with points")
+    if outcome is Withdrawal.NOT_YOURS:
+        raise ApiError(409, "order number was uploaded by another user")
     return json_response({"status": "withdrawn"})
 
 

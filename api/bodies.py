@@ -1,12 +1,16 @@
 """Reading request bodies into validated values, with a clear reason when not."""
 
+import asyncio
 import unicodedata
 from decimal import Decimal
 from typing import Any
 
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from api.errors import ApiError
+from api.state import SETTINGS
 from shared.jsonio import JSONInputError, loads_exact
 from shared.luhn import MAX_ORDER_DIGITS, is_order_number
 from shared.money import parse_amount
@@ -19,10 +23,41 @@ _ORDER_KEYS = ("order_number", "number", "order")
 # (which aiohttp reports as application/octet-stream).
 _ORDER_TYPES = {"text/plain", "application/json", "application/x-www-form-urlencoded",
                 "application/octet-stream"}
+# Bodies are read as UTF-8 (which includes ASCII); another declared charset is refused.
+_CHARSETS = {None, "utf-8", "utf8", "us-ascii", "ascii"}
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, within BODY_TIMEOUT, decoded from any Content-Encoding.
+
+    A client that stops sending gets 408, one whose gzip does not inflate 400,
+    and one that hangs up mid-body 400 too (it is gone; what counts is that it
+    is not mistaken for a database outage).
+    """
+    if request.charset not in _CHARSETS:
+        raise ApiError(415, "send the body as UTF-8")
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout):
+            return await request.read()
+    except TimeoutError as exc:
+        raise ApiError(408, "request body not received in time") from exc
+    except HttpProcessingError as exc:
+        # Content decoding (gzip, deflate, br) or chunked framing failed.
+        raise ApiError(400, "request body could not be decoded") from exc
+    except ConnectionError as exc:
+        structlog.contextvars.bind_contextvars(client_gone=True)
+        raise ApiError(400, "request body incomplete: the client hung up") from exc
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    body = await request.read()
+    """A JSON object body, sent as application/json (415 otherwise).
+
+    Requiring the JSON type also keeps these endpoints out of reach of plain
+    HTML forms on other sites, which can only send form and text types.
+    """
+    if request.content_type != "application/json":
+        raise ApiError(415, "send the body as application/json")
+    body = await read_body(request)
     if not body.strip():
         raise ApiError(400, "empty body")
     try:
@@ -71,10 +106,19 @@ async def read_password_change(request: web.Request) -> tuple[str, str]:
 
 
 def checked_order_number(value: str) -> str:
+    """The number as given, if valid; 422 otherwise.
+
+    Leading zeros do not change a Luhn check, so ``0012345678903`` would be a
+    second spelling of ``12345678903``: one purchase, two orders. Numbers
+    starting with 0 are refused rather than rewritten, so the accrual system
+    is always asked about exactly the number the customer sent.
+    """
     if not is_order_number(value):
         if len(value) > MAX_ORDER_DIGITS:
             raise ApiError(422, f"order number longer than {MAX_ORDER_DIGITS} digits")
         raise ApiError(422, "order number must be ASCII digits passing the Luhn check")
+    if value.startswith("0"):
+        raise ApiError(422, "order number must not start with 0")
     return value
 
 
@@ -94,7 +138,7 @@ async def read_order_upload(request: web.Request) -> str:
     """The order number from a text/plain body, or from the brief's JSON form."""
     if request.content_type not in _ORDER_TYPES:
         raise ApiError(415, "send the order number as text/plain or application/json")
-    body = await request.read()
+    body = await read_body(request)
     try:
         text = body.decode("utf-8").strip()
     except UnicodeDecodeError as exc:

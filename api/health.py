@@ -1,12 +1,17 @@
-"""The API's /healthz, /readyz and /metrics (shared.ops), bound to its state."""
+"""The API's /healthz, /readyz and /metrics (shared.ops), bound to its state.
 
-from collections.abc import Iterable
+On the public port /readyz says only ready or not (the reason is logged);
+with OPS_ADDRESS set, /metrics and a /readyz that gives the reason move to
+that address, which should be reachable by operators only.
+"""
+
+from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
 from prometheus_client.metrics_core import Metric
 
 from api.metrics import METRICS, orders_by_status
-from api.state import POOL
+from api.state import POOL, SETTINGS
 from db.migrate import schema_problem
 from shared import ops
 from shared.metrics_share import exported, shared
@@ -24,4 +29,18 @@ def add_ops_routes(app: web.Application) -> None:
     sharing = shared(own)  # one of several API processes: report them all
     if sharing is not None:
         app.cleanup_ctx.append(lambda _: sharing.flushing())
-    app.add_routes(ops.ops_routes(ready=ready, registry=exported(own, sharing), scrape=scrape))
+    registry = exported(own, sharing)
+    ops_address = app[SETTINGS].ops_address
+    app.add_routes(ops.ops_routes(ready=ready, registry=registry, scrape=scrape, detail=False,
+                                  metrics=ops_address is None))
+    if ops_address is None:
+        return
+
+    async def ops_server(_: web.Application) -> AsyncIterator[None]:
+        runner = await ops.start_ops_server(
+            ops.ops_app(ready=ready, registry=registry, scrape=scrape), ops_address,
+            reuse_port=True)
+        yield
+        await runner.cleanup()
+
+    app.cleanup_ctx.append(ops_server)

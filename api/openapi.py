@@ -62,8 +62,12 @@ _RESPONSES: dict[str, Any] = {
                            "authentication required"),
     "PayloadTooLarge": _error("The body is larger than the configured MAX_BODY_BYTES.",
                               "Request Entity Too Large"),
+    "BodyTimeout": _error("The body did not arrive within BODY_TIMEOUT.",
+                          "request body not received in time"),
+    "NotJson": _error("The body is not sent as application/json (or declares a charset "
+                      "other than UTF-8).", "send the body as application/json"),
     "UnprocessableOrder": _error("The order number is not a string of ASCII digits "
-                                 "passing the Luhn check.",
+                                 "passing the Luhn check, or starts with 0.",
                                  "order number must be ASCII digits passing the Luhn check"),
     "InternalError": _error("Internal error; the reason names the request id to report.",
                             "internal error (request id 6f1c0e9d2c2b4f0e8a3c1d2e3f4a5b6c)"),
@@ -84,7 +88,13 @@ _RESPONSES: dict[str, Any] = {
 _COMMON = {"500": _ref("responses", "InternalError"),
            "503": _ref("responses", "DatabaseUnavailable")}
 _WITH_BODY = {"400": _ref("responses", "BadRequest"),
+              "408": _ref("responses", "BodyTimeout"),
               "413": _ref("responses", "PayloadTooLarge")}
+_JSON_BODY = {**_WITH_BODY, "415": _ref("responses", "NotJson")}
+_HASHING_BUSY = _ok("Too many password checks are waiting (HASH_QUEUE); retry after the "
+                    "given seconds. Also answered when the database is unreachable.", "Error",
+                    {"error": "too many password checks waiting; try again shortly"},
+                    {"Retry-After": _ref("headers", "RetryAfter")})
 _AUTH = {"401": _ref("responses", "Unauthorized")}
 # Authenticated operations that query the database: the customer's share of it.
 _AUTH_DB = {**_AUTH, "429": _ref("responses", "CustomerBusy")}
@@ -206,9 +216,15 @@ _PATHS: dict[str, Any] = {
         "responses": {
             "200": _ok("Registered and authenticated (cookie and Authorization header).",
                        "Status", {"status": "registered"}, _AUTHENTICATED_HEADERS),
-            **_WITH_BODY,
+            **_JSON_BODY,
             "409": _error("The login is taken.", "login is already taken"),
+            "429": _ok("Too many registrations from this client address "
+                       "(REGISTER_MAX_PER_ADDRESS per REGISTER_WINDOW), or too many password "
+                       "checks from it at once.", "Error",
+                       {"error": "too many registrations from this address; try again later"},
+                       {"Retry-After": _ref("headers", "RetryAfter")}),
             **_COMMON,
+            "503": _HASHING_BUSY,
         },
     }},
     "/api/user/login": {"post": {
@@ -219,13 +235,15 @@ _PATHS: dict[str, Any] = {
         "responses": {
             "200": _ok("Authenticated (cookie and Authorization header).",
                        "Status", {"status": "authenticated"}, _AUTHENTICATED_HEADERS),
-            **_WITH_BODY,
+            **_JSON_BODY,
             "401": _error("Wrong login/password pair.", "wrong login or password"),
-            "429": _ok("Too many failed logins for this login or client address "
-                       "(LOGIN_MAX_FAILURES per LOGIN_WINDOW).", "Error",
+            "429": _ok("Too many failed logins for this login from this client address, or "
+                       "too many password checks from it at once (see the README's "
+                       "throttling policy).", "Error",
                        {"error": "too many failed logins; try again later"},
                        {"Retry-After": _ref("headers", "RetryAfter")}),
             **_COMMON,
+            "503": _HASHING_BUSY,
         },
     }},
     "/api/user/logout": {"post": {
@@ -284,7 +302,8 @@ _PATHS: dict[str, Any] = {
             "operationId": "uploadOrder",
             "security": _SECURED,
             "requestBody": {"required": True, "content": {
-                "text/plain": {"schema": {"type": "string", "pattern": r"^\s*[0-9]+\s*$"},
+                "text/plain": {"schema": {"type": "string",
+                                          "pattern": r"^\s*[1-9][0-9]*\s*$"},
                                "example": "12345678903"},
                 JSON: {"schema": _schema("OrderUpload"),
                        "example": {"order_number": "12345678903"}},
@@ -295,8 +314,8 @@ _PATHS: dict[str, Any] = {
                 "202": _ok("New number accepted for processing.", "Status",
                            {"status": "accepted for processing"}),
                 **_WITH_BODY, **_AUTH_DB,
-                "409": _error("Another user already uploaded this number.",
-                              "order number was uploaded by another user"),
+                "409": _error("Another user uploaded this number or paid with points on it.",
+                              "order number belongs to another user"),
                 "415": _error("The content type is neither text/plain nor application/json.",
                               "send the order number as text/plain or application/json"),
                 "422": _ref("responses", "UnprocessableOrder"),
@@ -340,10 +359,11 @@ _PATHS: dict[str, Any] = {
         }}},
         "responses": {
             "200": _ok("Done.", "Status", {"status": "withdrawn"}),
-            **_WITH_BODY, **_AUTH_DB,
+            **_JSON_BODY, **_AUTH_DB,
             "402": _error("Not enough points; nothing changed.", "not enough points"),
             "409": _error("The order number was already paid with points with a different "
-                          "sum or by another user.", "order number already paid with points"),
+                          "sum or by another user, or another user uploaded it.",
+                          "order number already paid with points"),
             "422": _ref("responses", "UnprocessableOrder"),
             **_COMMON,
         },
@@ -450,14 +470,15 @@ _PATHS: dict[str, Any] = {
 _MONEY_DESCRIPTION = "Points (1 point = 1 rouble): a JSON number with at most two decimals."
 _ORDER_NUMBER = {
     "type": "string",
-    "pattern": "^[0-9]+$",
+    "pattern": "^[1-9][0-9]*$",
     "minLength": 1,
     "maxLength": MAX_ORDER_DIGITS,
-    "description": "ASCII digits passing the Luhn check; leading zeros are significant.",
+    "description": "ASCII digits passing the Luhn check, not starting with 0 (so that "
+                   "one purchase has one spelling).",
     "examples": ["12345678903"],
 }
 _ORDER_NUMBER_INPUT = {"oneOf": [_schema("OrderNumber"),
-                                 {"type": "integer", "minimum": 0,
+                                 {"type": "integer", "minimum": 1,
                                   "description": "Accepted too; read as its digits."}]}
 
 _SCHEMAS: dict[str, Any] = {
@@ -560,6 +581,10 @@ spend points on later orders.
   digits; times are RFC 3339 with an offset.
 * Errors are `{"error": "<reason>"}`. Every response carries `X-Request-ID` (a
   well-formed one sent by the client is echoed).
+* Register, login and withdraw take `application/json` only (415 otherwise).
+* A state-changing request without an `Authorization` header (that is, one relying
+  on the cookie) whose `Origin` is not the API's own host (or one of
+  `ALLOWED_ORIGINS`), or with `Sec-Fetch-Site: cross-site`, is refused with 403.
 """
 
 

@@ -19,7 +19,7 @@ async def upload(request: web.Request, user_id: int) -> web.StreamResponse:
     structlog.contextvars.bind_contextvars(order=number)
     outcome = await orders.upload(request.app[POOL], number, user_id)
     if outcome is Upload.TAKEN:
-        raise ApiError(409, "order number was uploaded by another user")
+        raise ApiError(409, "order number belongs to another user")
     if outcome is Upload.ALREADY_YOURS:
         return json_response({"status": "order already uploaded"}, 200)
     return json_response({"status": "accepted for processing"}, 202)

@@ -57,13 +57,32 @@ class Session:
     expires_at: int  # Unix seconds
 
 
+# The least a configured SESSION_SECRET must have: a secret guessed offline
+# forges tokens for every user, so short or repetitive ones stop the start.
+MIN_SECRET_LENGTH = 32
+MIN_SECRET_DISTINCT = 10
+
+
+class WeakSecretError(ValueError):
+    """SESSION_SECRET is set but below the documented minimum."""
+
+
+def check_secret(secret: str) -> None:
+    if len(secret) < MIN_SECRET_LENGTH or len(set(secret)) < MIN_SECRET_DISTINCT:
+        raise WeakSecretError(
+            f"SESSION_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters with at "
+            f"least {MIN_SECRET_DISTINCT} different ones, e.g. the output of "
+            "`openssl rand -hex 32`")
+
+
 def fernet_key(secret: str | None) -> bytes:
-    """32 key bytes from any configured secret string, or random ones."""
+    """32 key bytes from a strong enough secret string, or random ones when unset."""
     if not secret:
         log.warning(
             "SESSION_SECRET is not set: using a random secret; every login ends when "
             "this process stops and other replicas will not accept its tokens")
         return secrets.token_bytes(32)
+    check_secret(secret)
     return hashlib.sha256(secret.encode("utf-8")).digest()
 
 

@@ -1,61 +1,137 @@
-"""Login throttling: too many failures for one login or one client address.
+"""Throttles at the API's edge, counted in PostgreSQL so they hold fleet-wide.
 
-Failures are counted per key over a sliding window in this process's
-memory; each API replica throttles on its own (documented in the README).
+Every API process and replica reserves attempts in the same ``throttle``
+table (db.throttle), one statement per reservation: however attempts are
+sent — at once, to several processes, to several replicas — no more are let
+through than the configured number. The policy is written out in the README
+("Throttling").
 """
 
-import time
-from collections import defaultdict, deque
+import asyncio
+import contextlib
+import ipaddress
+import math
+from collections.abc import AsyncIterator
 
-# Above this many tracked keys, expired ones are swept out, so a stream of
-# made-up logins cannot grow the table without bound; the next sweep waits
-# until the table doubles, so sweeping stays amortised O(1) per failure.
-SWEEP_ABOVE = 10_000
+import asyncpg
+import structlog
+from aiohttp import web
+
+from api.errors import ApiError
+from db import throttle
+from shared.settings import ApiSettings
+
+log = structlog.get_logger(__name__)
+
+# The pair (login, address) may fail this often before delays start.
+FREE_FAILURES = 3
+SWEEP_EVERY = 60.0
 
 
-class LoginThrottle:
-    def __init__(self, max_failures: int, window: float) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self._failures: defaultdict[str, deque[float]] = defaultdict(deque)
-        self._sweep_at = SWEEP_ABOVE
+def retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
-    def __len__(self) -> int:
-        return len(self._failures)
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        stamps = self._failures[key]
-        while stamps and stamps[0] <= now - self.window:
-            stamps.popleft()
-        if not stamps:
-            del self._failures[key]
-        return stamps
+class ClientAddress:
+    """The client's address: the TCP peer, or what a trusted proxy says it saw."""
 
-    def retry_after(self, *keys: str) -> int | None:
-        """Seconds until the first key may try again, or None when none is throttled."""
-        if self.max_failures <= 0:
-            return None
-        now = time.monotonic()
-        waits = []
-        for key in keys:
-            stamps = self._recent(key, now)
-            if len(stamps) >= self.max_failures:
-                waits.append(stamps[-self.max_failures] + self.window - now)
-        return max(1, int(max(waits)) + 1) if waits else None
+    def __init__(self, trusted_proxies: str) -> None:
+        self._trusted = {str(ipaddress.ip_address(item.strip()))
+                         for item in trusted_proxies.split(",") if item.strip()}
 
-    def failed(self, *keys: str) -> None:
-        if self.max_failures <= 0:
+    def __call__(self, request: web.Request) -> str:
+        peer = request.remote or ""
+        if peer not in self._trusted:
+            return peer
+        # The entry our proxy appended is the last one; earlier ones are the client's word.
+        forwarded = request.headers.getall("X-Forwarded-For", [])
+        last = ",".join(forwarded).rsplit(",", 1)[-1].strip()
+        try:
+            return str(ipaddress.ip_address(last))
+        except ValueError:
+            return peer
+
+
+class Throttle:
+    def __init__(self, settings: ApiSettings) -> None:
+        self._settings = settings
+        self.client_address = ClientAddress(settings.trusted_proxies)
+
+    def login_attempt(self, pool: asyncpg.Pool, request: web.Request,
+                      login: str) -> contextlib.AbstractAsyncContextManager["LoginAttempt"]:
+        """Reserve one attempt at ``login`` (429 when none is left); settled on exit."""
+        return self._attempt(pool, request, login,
+                             "too many failed logins; try again later")
+
+    def password_change_attempt(
+            self, pool: asyncpg.Pool, request: web.Request,
+            user_id: int) -> contextlib.AbstractAsyncContextManager["LoginAttempt"]:
+        """The same for a customer's guesses at their current password.
+
+        Logins never contain control characters, so this key is never a login's.
+        """
+        return self._attempt(pool, request, f"\x1fpassword-change {user_id}",
+                             "too many wrong passwords; try again later")
+
+    @contextlib.asynccontextmanager
+    async def _attempt(self, pool: asyncpg.Pool, request: web.Request, login: str,
+                       refusal: str) -> AsyncIterator["LoginAttempt"]:
+        settings = self._settings
+        attempt = LoginAttempt()
+        if settings.login_max_failures <= 0:
+            yield attempt
             return
-        now = time.monotonic()
-        if len(self._failures) > self._sweep_at:
-            for key in list(self._failures):
-                self._recent(key, now)
-            self._sweep_at = max(SWEEP_ABOVE, 2 * len(self._failures))
-        for key in keys:
-            stamps = self._failures[key]
-            stamps.append(now)
-            while len(stamps) > self.max_failures:
-                stamps.popleft()
+        address = self.client_address(request)
+        wait = await throttle.reserve_login(
+            pool, login, address, pair_limit=settings.login_max_failures,
+            login_limit=settings.login_max_failures_per_login,
+            free_failures=min(FREE_FAILURES, settings.login_max_failures),
+            window=settings.login_window)
+        if wait is not None:
+            log.info("login throttled", retry_after=round(wait, 1))
+            raise ApiError(429, refusal, retry_after(wait))
+        try:
+            yield attempt
+        except BaseException:
+            if not attempt.verified:  # hashing busy, database gone: it did not count
+                await asyncio.shield(
+                    throttle.refund_login(pool, login, address, succeeded=False))
+            raise
+        if attempt.succeeded:
+            await throttle.refund_login(pool, login, address, succeeded=True)
+        elif not attempt.verified:
+            await throttle.refund_login(pool, login, address, succeeded=False)
 
-    def succeeded(self, login_key: str) -> None:
-        self._failures.pop(login_key, None)
+    async def registration(self, pool: asyncpg.Pool, request: web.Request) -> None:
+        """Count one registration from the client's address; 429 beyond the rate."""
+        settings = self._settings
+        if settings.register_max_per_address <= 0:
+            return
+        wait = await throttle.hit(pool, "register:" + self.client_address(request),
+                                  settings.register_max_per_address, settings.register_window)
+        if wait is not None:
+            raise ApiError(429, "too many registrations from this address; try again later",
+                           retry_after(wait))
+
+
+class LoginAttempt:
+    """Set ``verified`` once the password was checked, ``succeeded`` when it was right.
+
+    An attempt left unverified is given back; a verified wrong one stays counted.
+    """
+
+    verified = False
+    succeeded = False
+
+
+async def sweep_forever(pool: asyncpg.Pool, every: float = SWEEP_EVERY) -> None:
+    """Delete spent throttle rows now and then (several processes sweeping is harmless)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            swept = await throttle.sweep(pool)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot sweep throttle rows", error=repr(exc))
+            continue
+        if swept:
+            log.debug("throttle rows swept", rows=swept)

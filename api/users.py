@@ -1,11 +1,15 @@
 """Register, log in, log out and change the password."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import structlog
 from aiohttp import web
 
 from api.auth import clear_cookie, hand_out, session_required
 from api.bodies import read_credentials, read_password_change
 from api.errors import ApiError, json_response
+from api.passwords import HashingBusy
 from api.sessions import Session
 from api.state import PASSWORDS, POOL, SESSIONS, THROTTLE
 from db import sessions as db_sessions
@@ -14,9 +18,27 @@ from db import users
 log = structlog.get_logger(__name__)
 
 
+@asynccontextmanager
+async def _hashing() -> AsyncIterator[None]:
+    """Hashing work refused for a full queue becomes a prompt 503 (429 for one address)."""
+    try:
+        yield
+    except HashingBusy as exc:
+        log.info("hashing busy", per_address=exc.per_address)
+        if exc.per_address:
+            raise ApiError(429, "too many password checks from this address at once",
+                           {"Retry-After": "1"}) from exc
+        raise ApiError(503, "too many password checks waiting; try again shortly",
+                       {"Retry-After": "1"}) from exc
+
+
 async def register(request: web.Request) -> web.StreamResponse:
     login, password = await read_credentials(request)
-    password_hash = await request.app[PASSWORDS].hash(password)
+    throttle = request.app[THROTTLE]
+    await throttle.registration(request.app[POOL], request)
+    async with _hashing():
+        password_hash = await request.app[PASSWORDS].hash(
+            password, throttle.client_address(request))
     user_id = await users.register(request.app[POOL], login, password_hash)
     if user_id is None:
         raise ApiError(409, "login is already taken")
@@ -28,19 +50,18 @@ async def register(request: web.Request) -> web.StreamResponse:
 
 async def login(request: web.Request) -> web.StreamResponse:
     login, password = await read_credentials(request)
+    pool = request.app[POOL]
     throttle = request.app[THROTTLE]
-    keys = (f"login:{login}", f"addr:{request.remote}")
-    wait = throttle.retry_after(*keys)
-    if wait is not None:
-        raise ApiError(429, "too many failed logins; try again later",
-                       {"Retry-After": str(wait)})
-    found = await users.credentials(request.app[POOL], login)
-    ok = await request.app[PASSWORDS].verify(found[1] if found else None, password)
-    if not ok or found is None:
-        throttle.failed(*keys)
-        log.info("login failed")
-        raise ApiError(401, "wrong login or password")
-    throttle.succeeded(keys[0])
+    async with throttle.login_attempt(pool, request, login) as attempt:
+        found = await users.credentials(pool, login)
+        async with _hashing():
+            ok = await request.app[PASSWORDS].verify(
+                found[1] if found else None, password, throttle.client_address(request))
+        attempt.verified = True
+        if not ok or found is None:
+            log.info("login failed")
+            raise ApiError(401, "wrong login or password")
+        attempt.succeeded = True
     response = json_response({"status": "authenticated"})
     hand_out(request, response, found[0], generation=found[2])
     return response
@@ -65,23 +86,25 @@ async def change_password(request: web.Request, session: Session) -> web.StreamR
     """
     old, new = await read_password_change(request)
     throttle = request.app[THROTTLE]
-    keys = (f"password:{session.user_id}", f"addr:{request.remote}")
-    wait = throttle.retry_after(*keys)
-    if wait is not None:
-        raise ApiError(429, "too many wrong passwords; try again later",
-                       {"Retry-After": str(wait)})
+    address = throttle.client_address(request)
     pool, passwords = request.app[POOL], request.app[PASSWORDS]
     ended = ApiError(401, "authentication required")
-    current_hash = await db_sessions.password_hash(pool, session.user_id, session.generation,
-                                                   session.session_id)
-    if current_hash is None:
-        raise ended
-    if not await passwords.verify(current_hash, old):
-        throttle.failed(*keys)
-        log.info("password change refused: wrong current password")
-        raise ApiError(403, "the current password is wrong")
-    throttle.succeeded(keys[0])
-    new_hash = await passwords.hash(new)
+    # Guesses at the current password, by whoever holds the token, are
+    # throttled like logins: per customer and address, fleet-wide.
+    async with throttle.password_change_attempt(pool, request, session.user_id) as attempt:
+        current_hash = await db_sessions.password_hash(pool, session.user_id,
+                                                       session.generation, session.session_id)
+        if current_hash is None:
+            raise ended
+        async with _hashing():
+            ok = await passwords.verify(current_hash, old, address)
+        attempt.verified = True
+        if not ok:
+            log.info("password change refused: wrong current password")
+            raise ApiError(403, "the current password is wrong")
+        attempt.succeeded = True
+    async with _hashing():
+        new_hash = await passwords.hash(new, address)
     generation = await db_sessions.change_password(
         pool, session.user_id, session.generation, session.session_id, new_hash)
     if generation is None:  # another change or a logout of this session committed first

@@ -46,10 +46,15 @@ WITHDRAWALS = Listing(
 )
 
 
+# Raised by migration 0006's trigger: the number belongs to another customer's order.
+OWNER_GUARD = "order_number_owner"
+
+
 class Withdrawal(enum.Enum):
     DONE = "done"
     INSUFFICIENT = "not enough points"
     CONFLICT = "order already paid with points"
+    NOT_YOURS = "order number uploaded by another customer"
 
 
 async def withdraw(pool: asyncpg.Pool, user_id: int, order: str, amount: Decimal) -> Withdrawal:
@@ -57,8 +62,9 @@ async def withdraw(pool: asyncpg.Pool, user_id: int, order: str, amount: Decimal
     try:
         if await pool.fetchval(_WITHDRAW, user_id, order, amount) is not None:
             return Withdrawal.DONE
-    except asyncpg.UniqueViolationError:
-        pass
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == OWNER_GUARD:
+            return Withdrawal.NOT_YOURS
     existing = await pool.fetchrow(_EXISTING, order, "withdrawal")
     if existing is None:
         return Withdrawal.INSUFFICIENT

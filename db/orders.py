@@ -4,6 +4,7 @@ import enum
 
 import asyncpg
 
+from db.balance import OWNER_GUARD
 from db.pages import Listing, boundary_statement, page_statement
 
 _UPLOAD = """
@@ -50,7 +51,13 @@ async def upload(pool: asyncpg.Pool, number: str, user_id: int) -> Upload:
     "look again".
     """
     for _ in range(3):
-        row = await pool.fetchrow(_UPLOAD, number, user_id)
+        try:
+            row = await pool.fetchrow(_UPLOAD, number, user_id)
+        except asyncpg.UniqueViolationError as exc:
+            # Migration 0006's trigger: another customer paid with points on this number.
+            if exc.constraint_name == OWNER_GUARD:
+                return Upload.TAKEN
+            raise
         if row is not None:
             if row["created"]:
                 return Upload.CREATED

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import cast
 
 import asyncpg
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -22,6 +23,8 @@ from prometheus_client.registry import Collector
 
 from shared.jsonio import dumps
 from shared.settings import split_host_port
+
+log = structlog.get_logger(__name__)
 
 HEALTHZ = "/healthz"
 READYZ = "/readyz"
@@ -77,8 +80,14 @@ class _Scrape(Collector):
 
 def ops_routes(*, ready: ReadyCheck, registry: CollectorRegistry,
                scrape: ScrapeHook | None = None,
-               ready_timeout: float = READY_TIMEOUT) -> list[web.RouteDef]:
-    """The three routes, bound to a readiness check and a metrics registry."""
+               ready_timeout: float = READY_TIMEOUT, detail: bool = True,
+               metrics: bool = True) -> list[web.RouteDef]:
+    """The routes, bound to a readiness check and a metrics registry.
+
+    ``detail=False`` (a public port) answers /readyz without the reason, which
+    can name internals (hosts, exception text); the reason goes to the log.
+    ``metrics=False`` leaves /metrics out.
+    """
 
     async def healthz(_: web.Request) -> web.StreamResponse:
         # Liveness: answering at all is the signal; no dependency is checked,
@@ -95,19 +104,24 @@ def ops_routes(*, ready: ReadyCheck, registry: CollectorRegistry,
             reason = f"readiness check failed: {type(exc).__name__}: {exc}"
         if reason is None:
             return _json({"status": "ready"}, 200)
+        if not detail:
+            log.warning("not ready", reason=reason)
+            return _json({"status": "unavailable"}, 503)
         return _json({"status": "unavailable", "error": reason}, 503)
 
-    async def metrics(_: web.Request) -> web.StreamResponse:
+    async def metrics_page(_: web.Request) -> web.StreamResponse:
         extra = await scrape() if scrape is not None else ()
         response = web.Response(body=generate_latest(_Scrape(registry, extra)), status=200)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
-    return [
+    routes = [
         web.get(HEALTHZ, healthz, allow_head=False),
         web.get(READYZ, readyz, allow_head=False),
-        web.get(METRICS, metrics, allow_head=False),
     ]
+    if metrics:
+        routes.append(web.get(METRICS, metrics_page, allow_head=False))
+    return routes
 
 
 def ops_app(*, ready: ReadyCheck, registry: CollectorRegistry,
@@ -115,13 +129,26 @@ def ops_app(*, ready: ReadyCheck, registry: CollectorRegistry,
     """A stand-alone application serving only the ops routes (for the worker)."""
     app = web.Application()
     app.add_routes(ops_routes(ready=ready, registry=registry, scrape=scrape))
+    app.on_response_prepare.append(quiet_server_header)
     return app
 
 
-async def start_ops_server(app: web.Application, address: str) -> web.AppRunner:
-    """Serve ``app`` on ``host:port``; call ``runner.cleanup()`` to stop."""
+SERVER_NAME = "gophermart"
+
+
+async def quiet_server_header(_: web.Request, response: web.StreamResponse) -> None:
+    """Name no framework or Python version in ``Server``: that only helps an attacker."""
+    response.headers["Server"] = SERVER_NAME
+
+
+async def start_ops_server(app: web.Application, address: str, *,
+                           reuse_port: bool = False) -> web.AppRunner:
+    """Serve ``app`` on ``host:port``; call ``runner.cleanup()`` to stop.
+
+    ``reuse_port`` lets several processes of one machine serve the same address.
+    """
     host, port = split_host_port(address, default_port=9100)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
     return runner

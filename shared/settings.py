@@ -138,8 +138,8 @@ class ApiSettings(CommonSettings):
                                help="listen address host:port")
     session_secret: str | None = setting(
         None, "SESSION_SECRET", "-s",
-        help="secret that signs and encrypts session cookies and tokens "
-             "(any string; random per start when unset)")
+        help="secret that signs and encrypts session cookies and tokens: at least 32 "
+             "characters, 10 of them different (random per start when unset)")
     session_ttl: int = setting(86400, "SESSION_TTL", help="seconds a login stays valid")
     session_cache_ttl: float = setting(
         5.0, "SESSION_CACHE_TTL",
@@ -147,6 +147,10 @@ class ApiSettings(CommonSettings):
              "request); bounds how long a revoked token can outlive a lost notification")
     cookie_secure: bool = setting(
         False, "COOKIE_SECURE", help="mark the session cookie Secure (behind HTTPS)")
+    allowed_origins: str = setting(
+        "", "ALLOWED_ORIGINS",
+        help="comma-separated origins (scheme://host[:port]) besides the API's own that may "
+             "make state-changing requests without a bearer token")
     max_body_bytes: int = setting(
         65536, "MAX_BODY_BYTES", help="largest accepted request body, decompressed")
     api_processes: int = setting(
@@ -156,9 +160,17 @@ class ApiSettings(CommonSettings):
         0, "HASH_CONCURRENCY",
         help="password hashes at once, shared by the API's processes "
              "(0 = CPU count - 1; at least 1 per process)")
+    hash_queue: int = setting(
+        32, "HASH_QUEUE",
+        help="logins that may wait for a hashing thread; beyond it 503 with Retry-After "
+             "(registrations may queue a quarter of it, one address an eighth)")
     login_max_failures: int = setting(
         10, "LOGIN_MAX_FAILURES",
-        help="failed logins per login or per client address before throttling (0 = off)")
+        help="failed logins per login and client address per window (0 = no throttling)")
+    login_max_failures_per_login: int = setting(
+        100, "LOGIN_MAX_FAILURES_PER_LOGIN",
+        help="failed logins per login from all addresses per window, after which only "
+             "addresses without failures on that login may try")
     login_window: int = setting(
         300, "LOGIN_WINDOW", help="seconds over which failed logins are counted")
     db_acquire_timeout: float = setting(
@@ -188,6 +200,35 @@ class ApiSettings(CommonSettings):
     events_max_age: float = setting(
         300.0, "EVENTS_MAX_AGE",
         help="seconds an event stream lives before the browser reconnects (re-authenticated)")
+    register_max_per_address: int = setting(
+        10, "REGISTER_MAX_PER_ADDRESS",
+        help="registrations per client address per REGISTER_WINDOW (0 = unlimited)")
+    register_window: int = setting(
+        60, "REGISTER_WINDOW", help="seconds over which registrations are counted")
+    trusted_proxies: str = setting(
+        "", "TRUSTED_PROXIES",
+        help="comma-separated proxy addresses whose last X-Forwarded-For entry is taken "
+             "as the client address")
+    header_timeout: float = setting(
+        10.0, "HEADER_TIMEOUT",
+        help="seconds a client has to send a request's headers, from connecting or from "
+             "its first byte after the previous answer")
+    body_timeout: float = setting(
+        15.0, "BODY_TIMEOUT", help="seconds a client has to send a request's body")
+    keepalive_timeout: float = setting(
+        15.0, "KEEPALIVE_TIMEOUT", help="seconds an idle keep-alive connection stays open")
+    max_connections: int = setting(
+        0, "MAX_CONNECTIONS",
+        help="open client connections per process; beyond it new ones get 503 and are "
+             "closed (0 = from the file descriptor limit, at most 10000)")
+    max_connections_per_address: int = setting(
+        64, "MAX_CONNECTIONS_PER_ADDRESS",
+        help="open connections per client address per process; beyond it 429 "
+             "(0 = unlimited; behind a proxy every client shares its address)")
+    ops_address: str | None = setting(
+        None, "OPS_ADDRESS",
+        help="host:port serving /metrics and a detailed /readyz for operators; when set, "
+             "the public port no longer serves /metrics")
 
 
 @dataclass(frozen=True)

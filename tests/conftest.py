@@ -110,13 +110,13 @@ async def pool(database_uri: str) -> AsyncIterator[asyncpg.Pool]:
 
 # --- the API server, in-process --------------------------------------------
 
-SECRET = "test-session-secret"
+SECRET = "test-session-secret-8c41f0d2e9b7a536"
 
 
 @pytest.fixture
 def api_settings(database_uri: str) -> ApiSettings:
     return ApiSettings(database_uri=database_uri, session_secret=SECRET,
-                       login_max_failures=0)
+                       login_max_failures=0, register_max_per_address=0)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import aiohttp
 
 from tests.processes import Service, free_port, service_url
 
-SESSION_SECRET = "chaos-session-secret-4f9c2e"
+SESSION_SECRET = "chaos-session-secret-4f9c2e-0b7d31a8"
 
 # Reward rules every run registers: (match, reward, type).
 RULES: tuple[tuple[str, str, str], ...] = (
@@ -78,7 +78,8 @@ class Stack:
                   "ACCRUAL_SYSTEM_ADDRESS": f"127.0.0.1:{accrual_port}"}
         api = Service("api", "api", {**common, "RUN_ADDRESS": f"127.0.0.1:{api_port}",
                                      "SESSION_SECRET": SESSION_SECRET,
-                                     "LOGIN_MAX_FAILURES": "0", **(api_env or {})},
+                                     "LOGIN_MAX_FAILURES": "0", "REGISTER_MAX_PER_ADDRESS": "0",
+                                     **(api_env or {})},
                       log_dir, port=api_port).start()
         env = {**common, "WORKER_POLL_INTERVAL": "0.5", **(worker_env or {})}
         connector = aiohttp.TCPConnector(limit=32)

@@ -17,7 +17,7 @@ WITHDRAW = "/api/user/balance/withdraw"
 # (name, path, raw body, content type, expected status)
 CASES: list[tuple[str, str, bytes, str, int]] = [
     ("empty body", REGISTER, b"", "application/json", 400),
-    ("not json", REGISTER, b"login=a&password=b", "application/x-www-form-urlencoded", 400),
+    ("not json", REGISTER, b"login=a&password=b", "application/x-www-form-urlencoded", 415),
     ("json array", REGISTER, b"[]", "application/json", 400),
     ("json string", REGISTER, b'"hello"', "application/json", 400),
     ("invalid utf-8", REGISTER, b'{"login": "\xff\xfe", "password": "p"}', "application/json", 400),

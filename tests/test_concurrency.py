@@ -32,7 +32,8 @@ async def test_invariants_hold_under_concurrent_uploads_and_withdrawals(
     async def withdraw(login: str, number: str, amount: str) -> int:
         response = await client.post("/api/user/balance/withdraw",
                                      data=f'{{"order": "{number}", "sum": {amount}}}',
-                                     headers={"Authorization": tokens[login]})
+                                     headers={"Authorization": tokens[login],
+                                              "Content-Type": "application/json"})
         return response.status
 
     calls = []

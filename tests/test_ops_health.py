@@ -31,9 +31,9 @@ async def test_readyz_is_503_with_a_pending_migration(client: TestClient,
     await pool.execute("DELETE FROM schema_migrations WHERE version = $1", latest.version)
     response = await client.get("/readyz")
     assert response.status == 503
-    body = await response.json()
-    assert body["status"] == "unavailable"
-    assert body["error"] == f"pending migrations: {latest.name}"
+    # The public port says not ready, not why (the reason is logged).
+    assert await response.json() == {"status": "unavailable"}
+    assert latest.name not in await response.text()
 
 
 async def test_readyz_is_503_once_a_newer_build_migrates_the_database(
@@ -52,8 +52,7 @@ async def test_readyz_is_503_when_the_database_is_unreachable(client: TestClient
     await client.app[POOL].close()
     response = await client.get("/readyz")
     assert response.status == 503
-    body = await response.json()
-    assert body["error"].startswith("database unavailable: ")
+    assert await response.json() == {"status": "unavailable"}
     # Liveness does not depend on the database: the process itself is fine.
     assert (await client.get("/healthz")).status == 200
 

@@ -8,11 +8,12 @@ from aiohttp.test_utils import TestClient
 from api.app import create_app
 from shared.localpg import LocalPostgres
 from shared.settings import ApiSettings
+from tests.conftest import SECRET
 
 
 async def test_api_answers_503_while_the_database_is_down_then_recovers(
         aiohttp_client: Any, own_server: LocalPostgres) -> None:
-    settings = ApiSettings(database_uri=own_server.dsn, session_secret="s", db_timeout=2.0)
+    settings = ApiSettings(database_uri=own_server.dsn, session_secret=SECRET, db_timeout=2.0)
     client: TestClient = await aiohttp_client(create_app(settings))
     registered = await client.post("/api/user/register", json={"login": "u", "password": "p"})
     token = registered.headers["Authorization"]
