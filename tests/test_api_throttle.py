@@ -1,0 +1,142 @@
+"""Throttles: reserved before the password is verified, counted in PostgreSQL, no lockouts.
+
+Client addresses are varied through X-Forwarded-For from a trusted proxy
+(the test client connects from 127.0.0.1, configured as TRUSTED_PROXIES).
+"""
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from api.app import create_app
+from db import throttle
+from shared.settings import ApiSettings
+from tests.conftest import register
+
+LOGIN = "/api/user/login"
+
+
+@pytest.fixture
+async def guarded(aiohttp_client: Any, api_settings: ApiSettings) -> TestClient:
+    settings = replace(api_settings, login_max_failures=10, login_max_failures_per_login=20,
+                       login_window=300, trusted_proxies="127.0.0.1")
+    return await aiohttp_client(create_app(settings))  # type: ignore[no-any-return]
+
+
+async def attempt(client: TestClient, password: str, address: str = "198.51.100.1",
+                  login: str = "victim") -> tuple[int, int | None]:
+    response = await client.post(LOGIN, json={"login": login, "password": password},
+                                 headers={"X-Forwarded-For": address})
+    assert response.content_type == "application/json"
+    retry = response.headers.get("Retry-After")
+    return response.status, int(retry) if retry is not None else None
+
+
+async def test_concurrent_guesses_are_reserved_before_verification(
+        guarded: TestClient) -> None:
+    await register(guarded, "victim", "right-password")
+    results = await asyncio.gather(*(attempt(guarded, f"guess-{i}") for i in range(300)))
+    statuses = [status for status, _ in results]
+    # However many arrive at once, only the pair's free attempts are verified
+    # (three without delay, the fourth starting the delays); the rest wait.
+    assert statuses.count(401) == 4
+    assert statuses.count(429) == 296
+    assert all(retry is not None and retry >= 1 for status, retry in results if status == 429)
+
+
+async def test_delays_grow_then_the_pair_stops_until_the_window_ends(
+        guarded: TestClient, pool: asyncpg.Pool) -> None:
+    await register(guarded, "victim", "right-password")
+    for _ in range(3):
+        assert await attempt(guarded, "wrong") == (401, None)
+    waits = []
+    for _ in range(7):  # failures 4..10: each is followed by a longer wait
+        assert (await attempt(guarded, "wrong"))[0] == 401
+        status, retry = await attempt(guarded, "wrong")
+        assert status == 429
+        waits.append(retry)
+        # Let the delay pass without waiting for it.
+        await pool.execute("UPDATE throttle SET next_at = now() WHERE key LIKE 'pair:%'")
+    assert waits[:6] == [1, 2, 4, 8, 16, 32]
+    # The tenth failure used the pair's budget: refused until the window ends,
+    # even with the right password.
+    status, retry = await attempt(guarded, "right-password")
+    assert status == 429 and retry is not None and retry > 200
+
+
+async def test_right_password_from_a_clean_address_is_never_refused(
+        guarded: TestClient) -> None:
+    await register(guarded, "victim", "right-password")
+    # Someone guesses from many addresses until the login-wide budget (20) is spent.
+    for i in range(8):
+        for _ in range(3):
+            await attempt(guarded, "wrong", address=f"203.0.113.{i}")
+    status, retry = await attempt(guarded, "wrong", address="203.0.113.1")
+    assert status == 429 and retry is not None and retry > 200  # until the window ends
+    # The owner, from an address that has not failed, gets in at once.
+    assert (await attempt(guarded, "right-password", address="198.51.100.7"))[0] == 200
+    # And the guesser's addresses are still held back.
+    assert (await attempt(guarded, "right-password", address="203.0.113.2"))[0] == 429
+
+
+async def test_made_up_logins_do_not_lock_out_a_shared_address(guarded: TestClient) -> None:
+    await register(guarded, "alice", "alice-password")
+    for i in range(30):
+        assert (await attempt(guarded, "x", address="192.0.2.9", login=f"made-up-{i}"))[0] == 401
+    status, _ = await attempt(guarded, "alice-password", address="192.0.2.9", login="alice")
+    assert status == 200
+
+
+async def test_success_forgets_the_pairs_failures(guarded: TestClient,
+                                                  pool: asyncpg.Pool) -> None:
+    await register(guarded, "victim", "right-password")
+    for _ in range(3):
+        await attempt(guarded, "typo")
+    assert (await attempt(guarded, "right-password"))[0] == 200
+    assert await pool.fetchval("SELECT count(*) FROM throttle WHERE key LIKE 'pair:%'") == 0
+    # The login-wide count keeps the failures but not the success.
+    assert await pool.fetchval("SELECT hits FROM throttle WHERE key = 'login:victim'") == 3
+    for _ in range(3):
+        assert (await attempt(guarded, "typo"))[0] == 401
+
+
+async def test_an_untrusted_peer_cannot_choose_its_address(
+        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    settings = replace(api_settings, login_max_failures=3)  # no trusted proxy
+    client: TestClient = await aiohttp_client(create_app(settings))
+    await register(client, "victim", "right-password")
+    for i in range(3):
+        await attempt(client, "wrong", address=f"10.0.0.{i}")
+    assert (await attempt(client, "wrong", address="10.0.0.99"))[0] == 429
+
+
+async def test_registrations_are_rate_limited_per_address(
+        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    settings = replace(api_settings, register_max_per_address=2, register_window=60,
+                       trusted_proxies="127.0.0.1")
+    client: TestClient = await aiohttp_client(create_app(settings))
+
+    async def sign_up(login: str, address: str) -> tuple[int, str | None]:
+        response = await client.post("/api/user/register",
+                                     json={"login": login, "password": "secret-pass"},
+                                     headers={"X-Forwarded-For": address})
+        return response.status, response.headers.get("Retry-After")
+
+    assert (await sign_up("a1", "192.0.2.1"))[0] == 200
+    assert (await sign_up("a2", "192.0.2.1"))[0] == 200
+    status, retry = await sign_up("a3", "192.0.2.1")
+    assert status == 429 and retry is not None and 1 <= int(retry) <= 60
+    assert (await sign_up("b1", "192.0.2.2"))[0] == 200
+
+
+async def test_spent_throttle_rows_are_swept(pool: asyncpg.Pool) -> None:
+    for i in range(50):
+        await throttle.hit(pool, f"register:made-up-{i}", 10, 0.001)
+    await throttle.hit(pool, "register:current", 10, 300)
+    await asyncio.sleep(0.01)
+    assert await throttle.sweep(pool) == 50
+    assert await pool.fetchval("SELECT array_agg(key) FROM throttle") == ["register:current"]
