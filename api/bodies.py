@@ -5,11 +5,10 @@ import unicodedata
 from decimal import Decimal
 from typing import Any
 
-import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from api.errors import ApiError
+from api.errors import ApiError, ClientGone
 from api.state import SETTINGS
 from shared.jsonio import JSONInputError, loads_exact
 from shared.luhn import MAX_ORDER_DIGITS, is_order_number
@@ -30,9 +29,9 @@ _CHARSETS = {None, "utf-8", "utf8", "us-ascii", "ascii"}
 async def read_body(request: web.Request) -> bytes:
     """The whole body, within BODY_TIMEOUT, decoded from any Content-Encoding.
 
-    A client that stops sending gets 408, one whose gzip does not inflate 400,
-    and one that hangs up mid-body 400 too (it is gone; what counts is that it
-    is not mistaken for a database outage).
+    A client that stops sending gets 408, one whose gzip does not inflate 400;
+    one that hangs up mid-body is gone (logged as such, not mistaken for a
+    database outage).
     """
     if request.charset not in _CHARSETS:
         raise ApiError(415, "send the body as UTF-8")
@@ -41,12 +40,11 @@ async def read_body(request: web.Request) -> bytes:
             return await request.read()
     except TimeoutError as exc:
         raise ApiError(408, "request body not received in time") from exc
-    except HttpProcessingError as exc:
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
         # Content decoding (gzip, deflate, br) or chunked framing failed.
         raise ApiError(400, "request body could not be decoded") from exc
     except ConnectionError as exc:
-        structlog.contextvars.bind_contextvars(client_gone=True)
-        raise ApiError(400, "request body incomplete: the client hung up") from exc
+        raise ClientGone() from exc
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

@@ -20,10 +20,11 @@ import resource
 import signal
 from collections import Counter
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -37,6 +38,11 @@ log = structlog.get_logger("api.server")
 # when the connection cap is derived from the descriptor limit.
 SPARE_DESCRIPTORS = 128
 MAX_AUTO_CONNECTIONS = 10_000
+# A refused connection stays open this long (reading and dropping its request)
+# so that its answer arrives; at most this many at once, a share of the spare
+# descriptors.
+REFUSED_LINGER = 0.5
+MAX_LINGERING = SPARE_DESCRIPTORS // 2
 
 
 def connection_cap(configured: int) -> int:
@@ -74,6 +80,7 @@ class ConnectionLimits:
         self.per_address = per_address
         self.open = 0
         self.by_address: Counter[str] = Counter()
+        self.lingering = 0  # refused connections still open for a moment
 
     def admit(self, address: str) -> bytes | None:
         """None when the connection may stay, else the answer to close it with."""
@@ -114,28 +121,53 @@ class GuardedHandler(RequestHandler):
         self._header_timeout = header_timeout
         self._address: str | None = None
         self._head_started = False
+        self._refused = False
+        self._lingering = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         refusal = self._limits.admit(address)
         if refusal is not None:
-            assert isinstance(transport, asyncio.Transport)
-            transport.write(refusal)
-            transport.close()
+            self._refuse(cast(asyncio.Transport, transport), refusal)
             return
         self._address = address
         super().connection_made(transport)
         self._head_deadline()
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._address is None:  # refused at connection_made: aiohttp never saw it
+    def _refuse(self, transport: asyncio.Transport, answer: bytes) -> None:
+        """Answer and close; linger briefly so the answer is read, not lost to a reset.
+
+        Closing with the client's request unread makes the kernel send a reset,
+        and the client may then never see the answer. So the request is read
+        and dropped for a moment after the answer, unless too many refused
+        connections linger already (then close at once: descriptors come first).
+        """
+        self._refused = True
+        transport.write(answer)
+        limits = self._limits
+        if limits.lingering >= MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
             return
-        self._limits.release(self._address)
-        self._address = None
+        transport.write_eof()
+        limits.lingering += 1
+        self._lingering = True
+        self._loop.call_later(REFUSED_LINGER, transport.close)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refused:  # aiohttp never saw this connection
+            if self._lingering:
+                self._limits.lingering -= 1
+                self._lingering = False
+            return
+        if self._address is not None:
+            self._limits.release(self._address)
+            self._address = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         # The first bytes of a request while waiting for one start its header deadline.
         waiting = self._waiter is not None and not self._waiter.done()
         if waiting and not self._head_started:
@@ -158,6 +190,15 @@ class GuardedHandler(RequestHandler):
         if self._keepalive_handle is not None:
             self._keepalive_handle.cancel()
         self._keepalive_handle = self._loop.call_at(deadline, self._process_keepalive)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # aiohttp logs with a traceback what a client broke after its answer
+        # (a body it then could not decode, a hang-up): not a server error.
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError | HttpProcessingError | ConnectionError):
+            log.info("client error after the answer", error=type(exc).__name__)
+            return
+        log.error("error in the HTTP server", error=type(exc).__name__, exc_info=exc)
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,

@@ -11,6 +11,7 @@ request's logging together. Other libraries' standard ``logging`` records
 
 import logging
 import os
+import re
 import sys
 from collections.abc import MutableMapping
 from decimal import Decimal
@@ -47,9 +48,20 @@ def _bound_values(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+# Secret-shaped text inside any value, wherever it came from (a client can put
+# its token in a path, a header line, a login): session tokens (Fernet: they
+# all start with the version byte and a timestamp, "gAAAAA"), bearer
+# credentials, Argon2 hashes.
+_SECRET_TEXT = re.compile(
+    r"gAAAAA[A-Za-z0-9_\-=]{8,}|(?i:bearer)\s+\S+|\$argon2[a-z]{0,2}\$\S*")
+
+
 def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in SECRET_KEYS.intersection(event):
         event[key] = "[redacted]"
+    for key, value in event.items():
+        if isinstance(value, str) and _SECRET_TEXT.search(value):
+            event[key] = _SECRET_TEXT.sub("[redacted]", value)
     return event
 
 
@@ -116,18 +128,18 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         renderer = structlog.dev.ConsoleRenderer()
     else:
         raise ValueError(f"unknown log format {fmt!r}")
-    # JSON carries the traceback as a field; the console renderer prints it itself.
-    tracebacks: list[Any] = [structlog.processors.format_exc_info] if fmt == "json" else []
 
+    # Tracebacks are rendered before secrets are dropped, so they are scrubbed too.
     common: list[Any] = [
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
         _drop_secrets,
         *([_add_process_id] if process_id else []),
     ]
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, _add_logger_name, *common,
-                    *tracebacks, _bound_values, renderer],
+                    _bound_values, renderer],
         logger_factory=_LoggerFactory(stream),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
@@ -136,7 +148,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         foreign_pre_chain=[structlog.contextvars.merge_contextvars,
                            structlog.stdlib.add_logger_name, *common],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    *tracebacks, _bound_values, renderer],
+                    _bound_values, renderer],
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)

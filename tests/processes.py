@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.localpg import free_port
@@ -28,19 +29,22 @@ class Service:
     """One child process of ours (``python -m <module>``) with its log in a file."""
 
     def __init__(self, name: str, module: str, env: dict[str, str], log_dir: Path,
-                 args: tuple[str, ...] = (), port: int | None = None) -> None:
+                 args: tuple[str, ...] = (), port: int | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:
         self.name = name
         self.module = module
         self.env = {**os.environ, "LOG_FORMAT": "json", **env}
         self.args = args
         self.port = port
+        self.preexec = preexec  # run in the child before exec (e.g. resource limits)
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Service":
         log = self.log_path.open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args],
-                                        env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                                        env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        preexec_fn=self.preexec)
         log.close()
         if self.port is not None:
             wait_for_port(self.port, process=self.process)
