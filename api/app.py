@@ -54,7 +54,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _passwords(app: web.Application) -> AsyncIterator[None]:
-    app[PASSWORDS] = Passwords(app[SETTINGS].hash_concurrency, app[SETTINGS].hash_queue)
+    settings = app[SETTINGS]
+    app[PASSWORDS] = Passwords(settings.hash_concurrency, settings.hash_queue,
+                               settings.hash_per_address)
     yield
     app[PASSWORDS].close()
 

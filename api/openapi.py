@@ -280,7 +280,7 @@ _PATHS: dict[str, Any] = {
         "responses": {
             "200": _ok("Changed; every earlier token has ended; here is a new one.",
                        "Status", {"status": "password changed"}, _AUTHENTICATED_HEADERS),
-            **_WITH_BODY, **_AUTH,
+            **_JSON_BODY, **_AUTH,
             "403": _error("`old_password` is not the current password; nothing changed.",
                           "the current password is wrong"),
             "429": _ok("Too many wrong current passwords for this customer or client "

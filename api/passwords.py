@@ -64,13 +64,13 @@ class HashQueue:
     """``slots`` turns at the hashing threads, handed out logins first.
 
     ``limit`` logins may wait; registrations a quarter of that; one address
-    an eighth of it (at least 2) waiting or running, whatever its kind.
+    ``per_address`` waiting or running, whatever its kind (0: no such share).
     """
 
-    def __init__(self, slots: int, limit: int) -> None:
+    def __init__(self, slots: int, limit: int, per_address: int = 4) -> None:
         self._free = slots
         self._limits = {Work.LOGIN: limit, Work.REGISTRATION: max(1, limit // 4)}
-        self._per_address = max(2, limit // 8)
+        self._per_address = per_address
         self._waiting: dict[Work, deque[asyncio.Future[None]]] = {w: deque() for w in Work}
         self._by_address: Counter[str] = Counter()
 
@@ -79,7 +79,7 @@ class HashQueue:
 
     @contextlib.asynccontextmanager
     async def turn(self, work: Work, address: str) -> AsyncIterator[None]:
-        if self._by_address[address] >= self._per_address:
+        if self._per_address and self._by_address[address] >= self._per_address:
             raise HashingBusy(per_address=True)
         if self._free > 0 and not any(self._waiting.values()):
             self._free -= 1
@@ -124,12 +124,12 @@ class HashQueue:
 
 
 class Passwords:
-    def __init__(self, concurrency: int = 0, queue: int = 32) -> None:
+    def __init__(self, concurrency: int = 0, queue: int = 32, per_address: int = 4) -> None:
         # One core fewer than the machine has: hashing must never take the core
         # the event loop needs (measured: a login storm then costs ordinary
         # requests 2x their p99 instead of 7-10x, for a fifth fewer logins/s).
         workers = concurrency or max(1, (os.cpu_count() or 2) - 1)
-        self.queue = HashQueue(workers, queue)
+        self.queue = HashQueue(workers, queue, per_address)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2",
                                             initializer=_lower_priority)
         self._hasher = PasswordHasher(time_cost=TIME_COST, memory_cost=MEMORY_COST_KIB,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ipaddress
 import math
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -25,6 +26,11 @@ log = structlog.get_logger(__name__)
 
 # The pair (login, address) may fail this often before delays start.
 FREE_FAILURES = 3
+# Closed registration windows remembered per process.
+MAX_REMEMBERED = 10_000
+# Seconds a throttled request waits before its 429 is sent: a client hammering
+# a closed window then costs a sleeping coroutine, not a busy event loop.
+REFUSAL_PAUSE = 0.25
 SWEEP_EVERY = 60.0
 
 
@@ -56,6 +62,11 @@ class Throttle:
     def __init__(self, settings: ApiSettings) -> None:
         self._settings = settings
         self.client_address = ClientAddress(settings.trusted_proxies)
+        # Registration windows known to be closed, per address: until when.
+        # A refusal is certain until its window ends, so repeats are answered
+        # without asking PostgreSQL (a flood of them would otherwise be a
+        # flood of writes on one row).
+        self._closed: dict[str, float] = {}
 
     def login_attempt(self, pool: asyncpg.Pool, request: web.Request,
                       login: str) -> contextlib.AbstractAsyncContextManager["LoginAttempt"]:
@@ -89,6 +100,7 @@ class Throttle:
             window=settings.login_window)
         if wait is not None:
             log.info("login throttled", retry_after=round(wait, 1))
+            await asyncio.sleep(REFUSAL_PAUSE)
             raise ApiError(429, refusal, retry_after(wait))
         try:
             yield attempt
@@ -107,9 +119,21 @@ class Throttle:
         settings = self._settings
         if settings.register_max_per_address <= 0:
             return
-        wait = await throttle.hit(pool, "register:" + self.client_address(request),
-                                  settings.register_max_per_address, settings.register_window)
+        key = "register:" + self.client_address(request)
+        now = time.monotonic()
+        until = self._closed.get(key)
+        if until is not None and until > now:
+            wait: float | None = until - now
+        else:
+            wait = await throttle.hit(pool, key, settings.register_max_per_address,
+                                      settings.register_window)
+            if wait is not None:
+                if len(self._closed) >= MAX_REMEMBERED:
+                    self._closed = {k: t for k, t in self._closed.items() if t > now}
+                if len(self._closed) < MAX_REMEMBERED:
+                    self._closed[key] = now + wait
         if wait is not None:
+            await asyncio.sleep(REFUSAL_PAUSE)
             raise ApiError(429, "too many registrations from this address; try again later",
                            retry_after(wait))
 

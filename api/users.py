@@ -1,5 +1,6 @@
 """Register, log in, log out and change the password."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,14 +18,24 @@ from db import users
 
 log = structlog.get_logger(__name__)
 
+# Seconds a refusal for busy hashing waits before it is sent.
+REFUSAL_PAUSE = 0.25
+
 
 @asynccontextmanager
 async def _hashing() -> AsyncIterator[None]:
-    """Hashing work refused for a full queue becomes a prompt 503 (429 for one address)."""
+    """Hashing work refused for a full queue becomes a prompt 503 (429 for one address).
+
+    Prompt, but not instant: a client that keeps its connection busy with
+    refused requests would otherwise turn refusals into a CPU flood of their
+    own, starving the hashing threads (which run at a lower priority than the
+    event loop). A short pause costs nothing but a sleeping coroutine.
+    """
     try:
         yield
     except HashingBusy as exc:
         log.info("hashing busy", per_address=exc.per_address)
+        await asyncio.sleep(REFUSAL_PAUSE)
         if exc.per_address:
             raise ApiError(429, "too many password checks from this address at once",
                            {"Retry-After": "1"}) from exc

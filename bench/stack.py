@@ -52,7 +52,14 @@ class Stack:
         port = free_port()
         return self.start(Proc.python(name, "api", self.log_dir, port=port, env={
             "RUN_ADDRESS": f"127.0.0.1:{port}", "DATABASE_URI": dsn,
-            "SESSION_SECRET": SECRET, "LOG_FORMAT": "json"}))
+            "SESSION_SECRET": SECRET, "LOG_FORMAT": "json",
+            # Every benchmark client comes from 127.0.0.1: per-address shares and
+            # rates would measure themselves, not the server.
+            "MAX_CONNECTIONS_PER_ADDRESS": "0", "HASH_PER_ADDRESS": "0",
+            "REGISTER_MAX_PER_ADDRESS": "0",
+            # The login storm's 32 clients plus 8 probes all wait for hashing:
+            # a queue bound below that would make the storm a test of refusals.
+            "HASH_QUEUE": "64"}))
 
     def worker(self, name: str, dsn: str, accrual_url: str) -> Proc:
         return self.start(Proc.python(name, "worker", self.log_dir, env={

@@ -163,7 +163,11 @@ class ApiSettings(CommonSettings):
     hash_queue: int = setting(
         32, "HASH_QUEUE",
         help="logins that may wait for a hashing thread; beyond it 503 with Retry-After "
-             "(registrations may queue a quarter of it, one address an eighth)")
+             "(registrations may queue a quarter of it)")
+    hash_per_address: int = setting(
+        4, "HASH_PER_ADDRESS",
+        help="password checks one client address may have waiting or running at once; "
+             "beyond it 429 (0 = no per-address share)")
     login_max_failures: int = setting(
         10, "LOGIN_MAX_FAILURES",
         help="failed logins per login and client address per window (0 = no throttling)")

@@ -27,7 +27,7 @@ WITHDRAW = "/api/user/balance/withdraw"
 # --- the hashing queue --------------------------------------------------------
 
 async def test_hash_queue_serves_logins_first_and_refuses_beyond_its_bound() -> None:
-    queue = HashQueue(slots=1, limit=8)  # registrations may queue 2, one address 2
+    queue = HashQueue(slots=1, limit=8, per_address=2)  # registrations may queue 2
     order: list[str] = []
     gate = asyncio.Event()
 

@@ -41,10 +41,11 @@ async def test_concurrent_guesses_are_reserved_before_verification(
     await register(guarded, "victim", "right-password")
     results = await asyncio.gather(*(attempt(guarded, f"guess-{i}") for i in range(300)))
     statuses = [status for status, _ in results]
-    # However many arrive at once, only the pair's free attempts are verified
-    # (three without delay, the fourth starting the delays); the rest wait.
-    assert statuses.count(401) == 4
-    assert statuses.count(429) == 296
+    # However many arrive at once, no more than the pair's budget is verified:
+    # three free attempts, the fourth starting the delays (and one more per
+    # delay that passes while the 300 are still arriving); the rest wait.
+    assert 4 <= statuses.count(401) <= 10
+    assert statuses.count(401) + statuses.count(429) == 300
     assert all(retry is not None and retry >= 1 for status, retry in results if status == 429)
 
 

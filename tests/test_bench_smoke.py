@@ -23,6 +23,7 @@ ROWS = (
     "POST /api/user/balance/withdraw",
     "POST /api/user/login",
     "during a login storm",
+    "during a registration flood",
     "GET /api/user/balance p99 while one customer keeps",
     "peak RSS of each API process in the scenario above",
     "worker throughput, 1 process",

