@@ -309,20 +309,3 @@ async def test_server_header_names_no_version(client: TestClient) -> None:
     for path in ("/healthz", "/api/user/balance", "/no-such-path", "/metrics"):
         response = await client.get(path)
         assert response.headers["Server"] == "gophermart", path
-
-
-async def test_order_gauge_is_counted_once_per_interval(
-        client: TestClient, pool: asyncpg.Pool) -> None:
-    await register(client, "counted")
-    await credit(pool, "counted", "1", "79927398713")
-
-    async def processed() -> str:
-        text = await (await client.get("/metrics")).text()
-        return next(line for line in text.splitlines()
-                    if line.startswith('gophermart_orders{status="PROCESSED"}'))
-
-    first = await processed()
-    assert first.endswith(" 1.0")
-    await credit(pool, "counted", "1", "12345678903")
-    # Scrapes within the interval share the first count instead of scanning again.
-    assert await asyncio.gather(*(processed() for _ in range(5))) == [first] * 5

@@ -98,10 +98,15 @@ CREATE TRIGGER ledger_withdrawal_owner BEFORE INSERT ON ledger
 
 CREATE FUNCTION order_upload_owner_guard() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
+DECLARE
+    -- A variable, not a literal: a cached generic plan could otherwise pick the
+    -- partial index of withdrawals by user (its predicate is kind = 'withdrawal')
+    -- and walk it, instead of looking the number up in UNIQUE (kind, order_number).
+    withdrawal text := 'withdrawal';
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('order:' || NEW.number, 0));
     PERFORM FROM ledger
-    WHERE kind = 'withdrawal' AND order_number = NEW.number AND user_id <> NEW.user_id;
+    WHERE kind = withdrawal AND order_number = NEW.number AND user_id <> NEW.user_id;
     IF FOUND THEN
         RAISE EXCEPTION 'order number % belongs to another customer', NEW.number
             USING ERRCODE = 'unique_violation', CONSTRAINT = 'order_number_owner';
