@@ -11,10 +11,16 @@ from db.pages import Listing, boundary_statement, page_statement
 # covers it (the row lock serialises concurrent debits, CHECK is the
 # backstop), and the ledger entry's UNIQUE (kind, order_number) aborts the
 # whole statement, debit included, when the order number was already paid.
+#
+# The advisory lock on the number (held to commit, as by db/orders.py's upload)
+# serialises a withdrawal with an upload of the same number, so migration
+# 0006's owner check sees the other's committed row.
 _WITHDRAW = """
-WITH debit AS (
+WITH guard AS (
+    SELECT pg_advisory_xact_lock(hashtextextended('order:' || $2, 0))
+), debit AS (
     UPDATE balances SET current = current - $3, withdrawn = withdrawn + $3
-    WHERE user_id = $1 AND current >= $3
+    WHERE user_id = $1 AND current >= $3 AND EXISTS (SELECT FROM guard)
     RETURNING user_id
 )
 INSERT INTO ledger (user_id, kind, order_number, amount)

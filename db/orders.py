@@ -7,9 +7,14 @@ import asyncpg
 from db.balance import OWNER_GUARD
 from db.pages import Listing, boundary_statement, page_statement
 
+# The advisory lock on the number (held to commit, as by _WITHDRAW) serialises
+# an upload with a withdrawal on the same number, so migration 0006's owner
+# check sees the other's committed row.
 _UPLOAD = """
-WITH inserted AS (
-    INSERT INTO orders (number, user_id) VALUES ($1, $2)
+WITH guard AS (
+    SELECT pg_advisory_xact_lock(hashtextextended('order:' || $1, 0))
+), inserted AS (
+    INSERT INTO orders (number, user_id) SELECT $1, $2 FROM guard
     ON CONFLICT (number) DO NOTHING
     RETURNING user_id
 )

@@ -74,15 +74,16 @@ $$;
 
 -- One purchase, one owner: an order number uploaded by one customer cannot be
 -- paid with points by another, nor a number paid with points by one customer
--- uploaded by another. Both sides take the same transaction-scoped advisory
--- lock on the number before looking at the other table, so two racing
--- transactions are serialised and the second sees the first's committed row.
+-- uploaded by another. The API's upload and withdrawal statements take the
+-- same transaction-scoped advisory lock on the number before they insert, so
+-- two racing ones are serialised and the second one's check (a statement of
+-- its own inside the trigger) sees the first's committed row. The triggers
+-- take no lock themselves: a bulk insert of many orders would need one per row.
 CREATE FUNCTION order_number_owner_guard() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 DECLARE
     other bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtextextended('order:' || NEW.order_number, 0));
     SELECT user_id INTO other FROM orders
     WHERE number = NEW.order_number AND user_id <> NEW.user_id;
     IF FOUND THEN
@@ -104,7 +105,6 @@ DECLARE
     -- and walk it, instead of looking the number up in UNIQUE (kind, order_number).
     withdrawal text := 'withdrawal';
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtextextended('order:' || NEW.number, 0));
     PERFORM FROM ledger
     WHERE kind = withdrawal AND order_number = NEW.number AND user_id <> NEW.user_id;
     IF FOUND THEN

@@ -47,7 +47,9 @@ async def start_api(database_uri: str, log_dir: Path) -> AsyncIterator[ApiFactor
         service = Service(name, "api", {"DATABASE_URI": database_uri,
                                         "RUN_ADDRESS": f"127.0.0.1:{port}",
                                         "SESSION_SECRET": SESSION_SECRET,
-                                        "REGISTER_MAX_PER_ADDRESS": "0", **env},
+                                        "REGISTER_MAX_PER_ADDRESS": "0",
+                                        # Caps and limits here are per process: one.
+                                        "API_PROCESSES": "1", **env},
                           log_dir, port=port, preexec=limit)
         await asyncio.to_thread(service.start)
         started.append(service)
