@@ -8,7 +8,7 @@ are refused.
 """
 
 import json
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -51,13 +51,29 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+# No amount we read is anywhere near 10**64 or needs more than two decimals:
+# exponents past this are refused before they reach arithmetic, where
+# libmpdec raises InvalidOperation (not a ValueError) on quantize or overflow.
+_MAX_EXPONENT = 1000
+
+
+def _bounded_decimal(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:  # an exponent beyond libmpdec's own range
+        raise JSONInputError("number out of range") from exc
+    if value and abs(value.adjusted()) > _MAX_EXPONENT:
+        raise JSONInputError("number out of range")
+    return value
+
+
 def loads_exact(body: bytes | str) -> Any:
     """Parse a request body; raise JSONInputError with a reason on any problem."""
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
         return json.loads(
             text,
-            parse_float=Decimal,
+            parse_float=_bounded_decimal,
             parse_int=_bounded_int,
             parse_constant=_refuse_constant,
             object_pairs_hook=_no_duplicate_keys,

@@ -62,7 +62,10 @@ def test_loads_exact_parses_numbers_without_floats() -> None:
 
 
 @pytest.mark.parametrize("body", [b"NaN", b'{"a": Infinity}', b'{"a": 1, "a": 2}', b"{",
-                                  b"\xff", b"[" * 10000 + b"]" * 10000, b"1" * 100])
+                                  b"\xff", b"[" * 10000 + b"]" * 10000, b"1" * 100,
+                                  # exponents past libmpdec's range, and merely absurd ones
+                                  b"1E+99999999999999999999", b"1e-99999999999999999999",
+                                  b'{"a": 1.5e1001}'])
 def test_loads_exact_refuses_with_a_reason(body: bytes) -> None:
     with pytest.raises(JSONInputError) as raised:
         loads_exact(body)
