@@ -43,7 +43,7 @@ log = structlog.get_logger(__name__)
 
 # A sealed payload is ~170 characters; anything much longer is not ours.
 MAX_TOKEN_CHARS = 512
-_TOKEN_TEXT = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9_-]+")
 SESSION_ID_BYTES = 16
 # Verified tokens kept per process (about 0.4 KB each).
 CACHE_ENTRIES = 10_000
@@ -100,20 +100,41 @@ class Sealer:
         payload = orjson.dumps({
             "uid": user_id, "gen": generation, "exp": session.expires_at,
             "sid": base64.urlsafe_b64encode(session.session_id).decode("ascii")})
-        return self._fernet.encrypt_at_time(payload, now).decode("ascii"), session
+        # Without base64 padding: "=" would make the Set-Cookie value a quoted
+        # string, and the cookie would no longer be the bearer token as is.
+        token = self._fernet.encrypt_at_time(payload, now).decode("ascii").rstrip("=")
+        return token, session
 
     def open(self, token: str) -> Session | None:
-        """The session a well-sealed, unexpired token names; None for anything else."""
+        """The session a well-sealed, unexpired token names; None for anything else.
+
+        ``token`` is normalised (see ``normalise``).
+        """
         if len(token) > MAX_TOKEN_CHARS or not _canonical(token):
             return None
         try:
-            payload = orjson.loads(self._fernet.decrypt(token, ttl=self.ttl))
+            payload = orjson.loads(self._fernet.decrypt(_padded(token), ttl=self.ttl))
         except (InvalidToken, ValueError, TypeError):  # ValueError: non-ASCII text
             return None
         session = _session_from(payload)
         if session is None or session.expires_at <= time.time():
             return None
         return session
+
+
+def normalise(token: str) -> str:
+    """The token without base64 padding or the quotes of a quoted cookie value.
+
+    Both are ways of writing the same token (tokens are handed out without
+    either); anything else that differs from what we handed out is refused.
+    """
+    if token.startswith('"') and token.endswith('"') and len(token) >= 2:
+        token = token[1:-1]
+    return token.rstrip("=")
+
+
+def _padded(token: str) -> str:
+    return token + "=" * (-len(token) % 4)
 
 
 def _canonical(token: str) -> bool:
@@ -126,9 +147,10 @@ def _canonical(token: str) -> bool:
     if not _TOKEN_TEXT.fullmatch(token):
         return False
     try:
-        return base64.urlsafe_b64encode(base64.urlsafe_b64decode(token)).decode() == token
+        raw = base64.urlsafe_b64decode(_padded(token))
     except (ValueError, binascii.Error):
         return False
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=") == token
 
 
 def _session_from(payload: Any) -> Session | None:
@@ -228,6 +250,7 @@ class Sessions:
         return self.sealer.seal(user_id, generation)[0]
 
     async def check(self, pool: asyncpg.Pool, token: str) -> Session | None:
+        token = normalise(token)
         cached = self.cache.get(token)
         if cached is not MISS:
             return cached if isinstance(cached, Session) else None

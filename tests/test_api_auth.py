@@ -39,6 +39,8 @@ async def test_register_answers_200_with_cookie_and_bearer_header(client: TestCl
     assert token.startswith("Bearer ")
     cookie = response.cookies[COOKIE_NAME]
     assert cookie.value == token.removeprefix("Bearer ")
+    # Sent unquoted (no base64 padding): what a browser stores is the bearer token.
+    assert f'{COOKIE_NAME}={cookie.value};' in response.headers["Set-Cookie"]
     assert cookie["httponly"] is True
     assert cookie["samesite"] == "Lax"
     assert cookie["path"] == "/"
@@ -107,9 +109,9 @@ async def test_anonymous_gets_401_even_with_a_bad_body(
 
 
 def _tamper(token: str) -> str:
-    raw = bytearray(base64.urlsafe_b64decode(token))
+    raw = bytearray(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
     raw[30] ^= 0x01
-    return base64.urlsafe_b64encode(bytes(raw)).decode()
+    return base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
 
 
 async def test_tampered_token_and_cookie_are_401(client: TestClient) -> None:
@@ -185,12 +187,14 @@ async def test_other_spellings_of_a_valid_token_are_401(client: TestClient) -> N
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
     spare = alphabet[alphabet.index(last) ^ 0b0001]
     body = token.rstrip("=")
-    variants = [body[:10] + "." + body[10:] + token[len(body):],  # a skipped character
-                body[:-1] + spare + token[len(body):],  # the same bytes, other spare bits
-                token + "=="]
+    variants = [body[:10] + "." + body[10:],  # a character base64 decoding skips
+                body[:-1] + spare]  # the same bytes, other spare bits
     for variant in variants:
         assert base64.urlsafe_b64decode(variant + "==") == base64.urlsafe_b64decode(token + "==")
         assert await _status(client, variant) == 401, variant
+    # Padding and the quotes of a quoted cookie value are not part of a token.
+    for same in (body, body + "=" * (-len(body) % 4), f'"{body}"'):
+        assert await _status(client, same) == 200, same
 
 
 async def test_junk_tokens_are_401_not_500(client: TestClient) -> None:
