@@ -61,21 +61,26 @@ async def serve(settings: WorkerSettings, stopping: asyncio.Event | None = None)
                                  max_size=settings.db_pool_max,
                                  connect_timeout=settings.db_timeout,
                                  on_wait=stalls.pool_waited)
+        # The gate's own connections: a 429 must reach the other replicas (and a
+        # paced call its slot) without queueing behind this process's claims and writes.
+        gate_pool = await create_pool(settings.database_uri, min_size=1, max_size=2,
+                                      connect_timeout=settings.db_timeout)
         session = create_session(concurrency=settings.worker_concurrency,
                                  timeout=settings.accrual_timeout)
         ops = await _start_ops(settings, pool, stats)
         watching = asyncio.create_task(stalls.watch_loop(), name="loop-lag")
         try:
-            await _run(settings, pool, session, stats, stopping)
+            await _run(settings, pool, gate_pool, session, stats, stopping)
         finally:
             watching.cancel()
             if ops is not None:
                 await ops.cleanup()
             await session.close()
-            try:
-                await asyncio.wait_for(pool.close(), 2.0)
-            except TimeoutError:
-                pool.terminate()
+            for closing in (pool, gate_pool):
+                try:
+                    await asyncio.wait_for(closing.close(), 2.0)
+                except TimeoutError:
+                    closing.terminate()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -93,11 +98,11 @@ async def _start_ops(settings: WorkerSettings, pool: asyncpg.Pool,
     return runner
 
 
-async def _run(settings: WorkerSettings, pool: queue.Executor,
+async def _run(settings: WorkerSettings, pool: queue.Executor, gate_pool: queue.Executor,
                session: aiohttp.ClientSession, stats: WorkerStats,
                stopping: asyncio.Event) -> None:
     assert settings.database_uri and settings.accrual_system_address
-    gate = Gate(pool, stats, policy=gate_policy(settings))
+    gate = Gate(gate_pool, stats, policy=gate_policy(settings))
     client = AccrualClient(session, with_scheme(settings.accrual_system_address), gate, stats,
                            retries=settings.accrual_retries,
                            max_answer_bytes=settings.accrual_max_answer_bytes)

@@ -308,7 +308,7 @@ class AccrualClient:
             seconds = parse_retry_after(retry_after)
             rate = parse_rate(body.decode("utf-8", "replace"))
             log.warning("accrual rate limited", retry_after=seconds,
-                        header=(retry_after or "")[:64], rate_per_minute=rate)
+                        header=ascii((retry_after or "")[:64]), rate_per_minute=rate)
             try:
                 await self._gate.record_429(seconds, rate)
             except DB_ERRORS as exc:
@@ -324,6 +324,8 @@ class AccrualClient:
     def _malformed(self, exc: MalformedAnswer, body: bytes,
                    log: structlog.typing.FilteringBoundLogger) -> Failed:
         self._stats.malformed_answer(exc.reason)
-        log.warning("malformed accrual answer", reason=exc.reason, error=str(exc),
-                    body=body[:120].decode("utf-8", "replace") if body else None)
+        # ascii(): the answer's own text, escaped, so it cannot forge log lines or
+        # send control sequences to a terminal.
+        log.warning("malformed accrual answer", reason=exc.reason, error=ascii(str(exc)),
+                    body=ascii(body[:120]) if body else None)
         return Failed(f"malformed answer ({exc.reason}): {exc}")
