@@ -57,13 +57,16 @@ async def serve(settings: WorkerSettings, stopping: asyncio.Event | None = None)
         if not await migrate_when_ready(settings.database_uri, stopping):
             return stats
         stalls = Stalls(stats.registry, settings.stall_log_threshold)
-        pool = await create_pool(settings.database_uri, min_size=settings.db_pool_min,
-                                 max_size=settings.db_pool_max,
+        # DB_POOL_MAX in all: one connection is the gate's own (below).
+        work_max = max(settings.db_pool_max - 1, 1)
+        pool = await create_pool(settings.database_uri,
+                                 min_size=min(settings.db_pool_min, work_max),
+                                 max_size=work_max,
                                  connect_timeout=settings.db_timeout,
                                  on_wait=stalls.pool_waited)
-        # The gate's own connections: a 429 must reach the other replicas (and a
+        # The gate's own connection: a 429 must reach the other replicas (and a
         # paced call its slot) without queueing behind this process's claims and writes.
-        gate_pool = await create_pool(settings.database_uri, min_size=1, max_size=2,
+        gate_pool = await create_pool(settings.database_uri, min_size=1, max_size=1,
                                       connect_timeout=settings.db_timeout)
         session = create_session(concurrency=settings.worker_concurrency,
                                  timeout=settings.accrual_timeout)
