@@ -74,6 +74,11 @@ _DUE = f"{_PENDING} AND o.next_attempt_at <= now()"
 # others nothing but their own turn. The work per claim is bounded by $1
 # users and 3 x $1 rows whatever the queue holds. The final SELECT locks with
 # SKIP LOCKED in that order, so concurrent claimers split the candidates.
+# Fresh first must not mean the rest never: one user uploading fresh orders
+# without end would keep another user's long-unknown order waiting for ever.
+# A long-unknown order that has been due for _PROMOTE_AFTER ranks with the
+# fresh ones (where it usually wins its turn: its owner has fewer due).
+_PROMOTE_AFTER = "5 seconds"
 _CLAIM = f"""
 WITH RECURSIVE gate AS (
     SELECT CASE WHEN paused_until > now()
@@ -123,7 +128,10 @@ WITH RECURSIVE gate AS (
         LIMIT (SELECT ceil(3.0 * $1 / n) FROM users_found)) c
 ), picked AS (
     SELECT ARRAY(SELECT ctid FROM candidates
-                 ORDER BY lane, turn, backlog, random() LIMIT 3 * $1) AS ctids
+                 ORDER BY CASE WHEN lane = 0
+                                 OR next_attempt_at < now() - interval '{_PROMOTE_AFTER}'
+                               THEN 0 ELSE 1 END,
+                          turn, backlog, random() LIMIT 3 * $1) AS ctids
 ), locked AS (
     SELECT o.ctid FROM orders o
     WHERE o.ctid = ANY(ARRAY(SELECT unnest(ctids) FROM picked)) AND {_DUE}

@@ -33,6 +33,23 @@ async def test_a_fresh_order_is_claimed_before_thousands_asked_many_times(
     assert first.number == "12345678903"
 
 
+async def test_a_stream_of_fresh_orders_cannot_starve_a_long_unknown_order(
+        pool: asyncpg.Pool) -> None:
+    flooder, owner = await make_user(pool, "flooder"), await make_user(pool, "owner")
+    await flood(pool, flooder, 2000)  # fresh, and more keep coming
+    await add_order(pool, owner, "12345678903")
+    # Asked nine times already, due again just now: fresh orders go first...
+    await pool.execute("UPDATE orders SET attempts = 9, next_attempt_at = now()"
+                       " WHERE number = '12345678903'")
+    (first,) = (await queue.claim(pool, limit=1, lease=30)).orders
+    assert first.number != "12345678903"
+    # ...but once it has waited its due turn a while, it is next, flood or not.
+    await pool.execute("UPDATE orders SET next_attempt_at = now() - interval '6 seconds'"
+                       " WHERE number = '12345678903'")
+    (first,) = (await queue.claim(pool, limit=1, lease=30)).orders
+    assert first.number == "12345678903"
+
+
 async def test_one_users_fresh_flood_gets_one_turn_per_other_user(pool: asyncpg.Pool) -> None:
     flooder = await make_user(pool, "flooder")
     others = [await make_user(pool, f"user-{i}") for i in range(5)]
