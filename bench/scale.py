@@ -64,7 +64,7 @@ class ScalePlan:
 
 FULL = ScalePlan("full", Size(customers=1_000_000, orders=10_000_000, ledger=10_000_000,
                               whale_orders=100_000), wrk_seconds=8, connections=32,
-                 worker_orders=20_000)
+                 worker_orders=5_000)
 SMOKE_SCALE = ScalePlan("smoke", Size(customers=2_000, orders=20_000, ledger=20_000,
                                       whale_orders=5_000, chunks=2),
                         wrk_seconds=1, connections=8, worker_orders=500, warmup_seconds=1)
@@ -225,7 +225,7 @@ async def _worker_loop(ctx: Ctx, dsn: str, label: str, count: int) -> tuple[floa
     try:
         user = await seed.make_user(conn, f"worker-user-{label}")
         await seed.add_orders(conn, user, batch)
-        await _drained(conn, user, patience=max(60.0, count / 100))
+        await _drained(conn, user, patience=max(120.0, count / 10))
         done = await conn.fetchrow(
             """SELECT count(*) FILTER (WHERE o.status = 'PROCESSED') AS processed,
                       extract(epoch FROM max(l.created_at) - min(o.uploaded_at))::float8 AS s
@@ -268,11 +268,14 @@ async def measure(ctx: Ctx, plan: ScalePlan, dsn: str, label: str) -> Measured:
     http = {}
     for ep in _endpoints(files, plan):
         say(f"{label}: {ep.figure}")
-        for length in (plan.warmup_seconds, plan.wrk_seconds):  # warm caches, then measure
+        # Warm the caches, then measure; the warm-up's order numbers have a prefix of
+        # their own, so the measured run's uploads and withdrawals are all new.
+        warmup = (*ep.args[:1], ep.args[1] + "9") if len(ep.args) > 1 else ep.args
+        for length, args in ((plan.warmup_seconds, warmup), (plan.wrk_seconds, ep.args)):
             http[ep.figure] = await wrk.run(
                 ctx.wrk, url(api) + ep.path, wrk.script(ep.script, ctx.work_dir),
                 seconds=length, connections=ep.connections or plan.connections,
-                expected=ep.expected, args=ep.args)
+                expected=ep.expected, args=args)
     rss = _tree_rss_mb(api)
     ctx.stack.stop(api)
     say(f"{label}: worker loop")
