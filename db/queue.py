@@ -275,7 +275,8 @@ async def apply_results(db: Executor, results: Sequence[Result]) -> list[Applied
 # end. A rate in the answer ($2) is believed for $5 seconds, then forgotten.
 _RECORD_PAUSE = """
 WITH cur AS (
-    SELECT paused_until > now() AS pausing,
+    SELECT paused_until AS old_until,
+           paused_until > now() AS pausing,
            CASE WHEN isfinite(paused_from) AND isfinite(paused_until)
                 THEN now() < paused_until + greatest(paused_until - paused_from,
                                                      interval '10 seconds')
@@ -284,20 +285,26 @@ WITH cur AS (
                 THEN extract(epoch FROM paused_until - paused_from)::float8
                 ELSE 0 END AS last_pause
     FROM accrual_gate FOR UPDATE
-), g AS (
-    UPDATE accrual_gate a
-    SET paused_from = CASE WHEN c.pausing THEN a.paused_from ELSE now() END,
-        paused_until = CASE
-            WHEN c.pausing THEN greatest(a.paused_until, now() + $1::float8 * interval '1 second')
+), nxt AS (
+    SELECT c.pausing, c.repeat, CASE
+            WHEN c.pausing THEN greatest(c.old_until, now() + $1::float8 * interval '1 second')
             WHEN c.repeat THEN now() + least($4::float8, greatest($1::float8, 2 * c.last_pause))
                                        * interval '1 second'
-            ELSE now() + $1::float8 * interval '1 second' END,
-        strikes = CASE WHEN c.pausing THEN a.strikes WHEN c.repeat THEN a.strikes + 1 ELSE 1 END,
+            ELSE now() + $1::float8 * interval '1 second' END AS until
+    FROM cur c
+), g AS (
+    UPDATE accrual_gate a
+    SET paused_from = CASE WHEN n.pausing THEN a.paused_from ELSE now() END,
+        paused_until = n.until,
+        strikes = CASE WHEN n.pausing THEN a.strikes WHEN n.repeat THEN a.strikes + 1 ELSE 1 END,
         rate_per_minute = coalesce($2::int, a.rate_per_minute),
-        rate_until = CASE WHEN $2::int IS NOT NULL THEN now() + $5::float8 * interval '1 second'
+        -- A limit runs from the end of the pause, not from the 429: a pause
+        -- longer than the limit's life must not end in an unpaced burst.
+        rate_until = CASE WHEN $2::int IS NOT NULL THEN n.until + $5::float8 * interval '1 second'
+                          WHEN a.rate_until > now() THEN greatest(a.rate_until, n.until)
                           ELSE a.rate_until END,
         last_429_at = now()
-    FROM cur c
+    FROM nxt n
     RETURNING a.paused_until, a.rate_per_minute, a.rate_until
 ), s AS (
     SELECT greatest(extract(epoch FROM paused_until - now())::float8, 0) AS pause_left,
@@ -318,7 +325,8 @@ async def record_pause(db: Executor, *, seconds: float, rate_per_minute: int | N
     """Pause the whole fleet (never shortening a longer pause) and tell every replica.
 
     ``seconds`` is the pause the answer asked for, already clamped; a repeat
-    429 doubles the last pause up to ``ceiling``; a rate lasts ``rate_ttl``.
+    429 doubles the last pause up to ``ceiling``; a rate lasts ``rate_ttl``
+    past the pause's end.
     """
     row = await db.fetchrow(_RECORD_PAUSE, seconds, rate_per_minute, PAUSE_CHANNEL,
                             max(ceiling, seconds), rate_ttl)

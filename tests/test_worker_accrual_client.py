@@ -80,6 +80,8 @@ def test_retry_after_reads_seconds_and_http_dates_and_defaults_to_60() -> None:
     assert parse_retry_after("soon") == 60
     assert parse_retry_after("nan") == 60
     assert parse_retry_after("-5") == 0
+    # A year past datetime's range raises OverflowError inside the date parser.
+    assert parse_retry_after("Mon, 01 Jan 99999999999 00:00:00 GMT") == 60
 
 
 def test_rate_is_read_from_the_429_body() -> None:

@@ -205,6 +205,18 @@ async def test_a_pause_is_never_shortened_and_is_notified(
     assert second is not None and second.rate_per_minute == 50 and second.pause_left > 9
 
 
+async def test_an_announced_limit_outlives_the_pause_it_came_with(pool: asyncpg.Pool) -> None:
+    # A pause of 20 s and a limit believed for 5 s: the limit must still hold
+    # when the pause ends, or the fleet leaves the pause in an unpaced burst.
+    state = await queue.record_pause(pool, seconds=20, rate_per_minute=1, rate_ttl=5)
+    assert 19 < state.pause_left <= 20
+    assert 24 < state.rate_left <= 25
+    # A later 429 without a limit extends a limit still in force to its own pause's end.
+    await pool.execute("UPDATE accrual_gate SET rate_until = now() + interval '1 second'")
+    state = await queue.record_pause(pool, seconds=30, rate_per_minute=None)
+    assert state.rate_per_minute == 1 and state.rate_left >= state.pause_left > 29
+
+
 async def test_slots_are_shared_across_reservations_and_start_after_a_pause(
         pool: asyncpg.Pool) -> None:
     first = await queue.reserve_slots(pool, count=3, interval=0.5)

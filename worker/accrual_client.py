@@ -190,7 +190,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float:
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: year 99999999999
             return DEFAULT_RETRY_AFTER
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
