@@ -271,7 +271,8 @@ class WorkerSettings(CommonSettings):
         help="longest fleet-wide pause after a 429, also when repeated 429s double it")
     accrual_rate_ttl: float = setting(
         600.0, "ACCRUAL_RATE_TTL",
-        help="seconds a rate limit announced by a 429 is obeyed before full speed is tried")
+        help="seconds a rate limit announced by a 429 is obeyed after its pause ends, "
+             "before full speed is tried")
     accrual_max_answer_bytes: int = setting(
         65536, "ACCRUAL_MAX_ANSWER_BYTES",
         help="largest accrual answer read, on the wire and decompressed (bigger: malformed)")

@@ -26,6 +26,24 @@ def test_missing_settings_fail_with_a_clear_message(
     assert str(exited.value) == f"gophermart-worker: {missing}"
 
 
+@pytest.mark.parametrize(("flags", "problem"), [
+    (["--accrual-rate-share", "0"], "ACCRUAL_RATE_SHARE must be above 0 and at most 1"),
+    (["--accrual-rate-share", "1.5"], "ACCRUAL_RATE_SHARE must be above 0 and at most 1"),
+    (["--accrual-pause-min", "0"], "ACCRUAL_PAUSE_MIN must be at least 0.1 s"),
+    (["--accrual-pause-min", "5", "--accrual-pause-max", "1"],
+     "ACCRUAL_PAUSE_MAX must not be below ACCRUAL_PAUSE_MIN"),
+    (["--accrual-rate-ttl", "0"], "ACCRUAL_RATE_TTL must be at least 1 s"),
+])
+def test_gate_settings_that_would_spin_or_divide_by_zero_are_refused(
+        monkeypatch: pytest.MonkeyPatch, flags: list[str], problem: str) -> None:
+    for name in ("ACCRUAL_RATE_SHARE", "ACCRUAL_PAUSE_MIN", "ACCRUAL_PAUSE_MAX",
+                 "ACCRUAL_RATE_TTL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main(["-d", "postgresql://x/y", "-r", "localhost:8081", *flags])
+    assert str(exited.value) == f"gophermart-worker: {problem}"
+
+
 async def test_serve_migrates_an_empty_database_processes_orders_and_stops(
         pg_server: LocalPostgres, aiohttp_server: object) -> None:
     admin = await asyncpg.connect(pg_server.dsn)

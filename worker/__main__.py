@@ -38,8 +38,26 @@ def loop_config(settings: WorkerSettings) -> LoopConfig:
     )
 
 
+# "Retry-After: 0" must never make the fleet spin, whatever the settings say.
+PAUSE_FLOOR = 0.1
+
+
+def settings_problems(settings: WorkerSettings) -> list[str]:
+    """Settings that would turn the gate against us: refused at start."""
+    problems = []
+    if not 0 < settings.accrual_rate_share <= 1:
+        problems.append("ACCRUAL_RATE_SHARE must be above 0 and at most 1")
+    if settings.accrual_pause_min < PAUSE_FLOOR:
+        problems.append(f"ACCRUAL_PAUSE_MIN must be at least {PAUSE_FLOOR} s")
+    if settings.accrual_pause_max < settings.accrual_pause_min:
+        problems.append("ACCRUAL_PAUSE_MAX must not be below ACCRUAL_PAUSE_MIN")
+    if settings.accrual_rate_ttl < 1:
+        problems.append("ACCRUAL_RATE_TTL must be at least 1 s")
+    return problems
+
+
 def gate_policy(settings: WorkerSettings) -> GatePolicy:
-    return GatePolicy(pause_min=max(settings.accrual_pause_min, 0.0),
+    return GatePolicy(pause_min=max(settings.accrual_pause_min, PAUSE_FLOOR),
                       pause_max=max(settings.accrual_pause_max, settings.accrual_pause_min),
                       rate_ttl=max(settings.accrual_rate_ttl, 1.0),
                       share=settings.accrual_rate_share)
@@ -147,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          settings.accrual_system_address)) if not value]
     if missing:
         raise SystemExit(f"gophermart-worker: {' and '.join(missing)} must be set")
+    if problems := settings_problems(settings):
+        raise SystemExit(f"gophermart-worker: {'; '.join(problems)}")
     try:
         import uvloop
     except ImportError:  # not on every platform: the standard loop works too

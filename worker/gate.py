@@ -132,9 +132,10 @@ class Gate:
         covered = pause > 0 and pause >= seconds - min(0.5, seconds / 4) \
             and (rate is None or rate == self._rate)
         # Stop our own calls at once; a 429 without a rate keeps the one we know.
+        # As in PostgreSQL, a limit holds until rate_ttl after the pause's end.
         self.note(queue.GateState(seconds, rate if rate is not None else self._rate,
-                                  max(self._rate_until - self._clock(), 0.0)
-                                  if rate is None else self.policy.rate_ttl))
+                                  max(self._rate_until - self._clock(), seconds)
+                                  if rate is None else seconds + self.policy.rate_ttl))
         if covered:
             return
         self._stats.paused()
