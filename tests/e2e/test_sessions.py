@@ -1,7 +1,7 @@
 """Revocation across real API processes sharing one database.
 
 Process ``cached`` trusts a verified token for an hour (SESSION_CACHE_TTL=3600),
-so only the NOTIFY can make it refuse a revoked token within the few seconds
+so only the NOTIFY can make it refuse a revoked token within the seconds
 allowed here; process ``uncached`` (SESSION_CACHE_TTL=0) must refuse at once.
 """
 
@@ -73,7 +73,7 @@ async def test_logout_and_password_change_end_tokens_on_every_api_process(
         async def phone_refused() -> bool:
             return await _balance(http, cached, phone) == 401
 
-        await eventually(phone_refused, within=5, what="logged-out token refused elsewhere")
+        await eventually(phone_refused, within=15, what="logged-out token refused elsewhere")
         assert await _balance(http, cached, laptop) == 200
         assert await _balance(http, uncached, laptop) == 200
 
@@ -87,7 +87,7 @@ async def test_logout_and_password_change_end_tokens_on_every_api_process(
         async def laptop_refused() -> bool:
             return await _balance(http, cached, laptop) == 401
 
-        await eventually(laptop_refused, within=5, what="pre-change token refused elsewhere")
+        await eventually(laptop_refused, within=15, what="pre-change token refused elsewhere")
         assert await _balance(http, cached, fresh) == 200
         assert await _balance(http, uncached, fresh) == 200
         status, _ = await _post(http, f"{cached}/api/user/login",
