@@ -89,7 +89,9 @@ def test_decoding_accepts_one_layer_of_gzip_or_deflate_and_nothing_else() -> Non
     assert decode_body(body, "identity", 1024) == body
     for encoding, data in (("gzip, gzip", gzip.compress(gzip.compress(body))),
                            ("br", b"\x8b\x02"), ("gzip", b"not gzip"),
-                           ("gzip", gzip.compress(body)[:-12])):
+                           ("gzip", gzip.compress(body)[:-12]),
+                           ("gzip", gzip.compress(body) + b"trailing"),
+                           ("gzip", gzip.compress(body) + gzip.compress(b"{}"))):
         with pytest.raises(MalformedAnswer) as refused:
             decode_body(data, encoding, 1024)
         assert refused.value.reason == "encoding", encoding

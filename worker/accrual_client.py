@@ -163,6 +163,8 @@ def decode_body(raw: bytes, encoding: str, cap: int) -> bytes:
             raise MalformedAnswer("too_large", f"more than {cap} bytes once decompressed")
         if not inflater.eof:
             raise MalformedAnswer("encoding", f"truncated {name} stream")
+        if inflater.unused_data:  # a second member or trailing bytes: not one answer
+            raise MalformedAnswer("encoding", f"bytes after the {name} stream")
         return out
     raise MalformedAnswer("encoding", f"broken {name} stream")
 
