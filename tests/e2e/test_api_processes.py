@@ -17,6 +17,7 @@ from api.supervisor import child_budgets, process_count, shares, usable_cpus
 from shared.metrics_share import FLUSH_INTERVAL
 from shared.settings import ApiSettings
 from tests.processes import Service, free_port, service_url
+from tests.system import SESSION_SECRET
 
 
 def children(pid: int) -> list[int]:
@@ -46,7 +47,7 @@ def api(database_uri: str, log_dir: Path) -> Iterator[Service]:
     port = free_port()
     service = Service("api", "api", {
         "RUN_ADDRESS": f"127.0.0.1:{port}", "DATABASE_URI": database_uri,
-        "SESSION_SECRET": "e2e-secret", "API_PROCESSES": "3", "DB_POOL_MAX": "7",
+        "SESSION_SECRET": SESSION_SECRET, "API_PROCESSES": "3", "DB_POOL_MAX": "7",
         "DB_POOL_MIN": "3"}, log_dir, port=port)
     service.start()
     assert service.process is not None

@@ -12,6 +12,7 @@ import pytest
 
 from shared.metrics_share import FLUSH_INTERVAL
 from tests.processes import Service, free_port, service_url
+from tests.system import SESSION_SECRET
 
 pytestmark = pytest.mark.e2e
 
@@ -24,10 +25,14 @@ def api(database_uri: str, log_dir: Path) -> Iterator[Service]:
     port = free_port()
     service = Service("api", "api", {
         "RUN_ADDRESS": f"127.0.0.1:{port}", "DATABASE_URI": database_uri,
-        "SESSION_SECRET": "e2e-secret", "API_PROCESSES": "3", "DB_POOL_MAX": "6",
+        "SESSION_SECRET": SESSION_SECRET, "API_PROCESSES": "3", "DB_POOL_MAX": "6",
+        "REGISTER_MAX_PER_ADDRESS": "0",
         # A stream whose client left ends at its next heartbeat.
         "EVENTS_HEARTBEAT": "0.5"}, log_dir, port=port)
-    service.start()
+    try:
+        service.start()
+    except RuntimeError as exc:
+        raise AssertionError(service.log()[-3000:]) from exc
     yield service
     if service.running:
         service.stop(signal.SIGTERM)
