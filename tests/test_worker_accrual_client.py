@@ -89,6 +89,8 @@ def test_rate_is_read_from_the_429_body() -> None:
     assert parse_rate("no more than 7 requests per minute allowed\n") == 7
     assert parse_rate("slow down") is None
     assert parse_rate("No more than 0 requests per minute allowed") is None
+    assert parse_rate("No more than 0000000001 requests per minute allowed") == 1
+    assert parse_rate("No more than 1234567890 requests per minute allowed") == 999_999_999
 
 
 @pytest.fixture
