@@ -210,7 +210,7 @@ def parse_rate(body: str) -> int | None:
     # Leading zeros are no reason to forget a limit; past nine digits any
     # limit is more than a fleet can send, so the cap costs nothing.
     digits = match.group(1).lstrip("0")
-    rate = int(digits[:9]) if len(digits) <= 9 else 999_999_999
+    rate = int(digits or "0") if len(digits) <= 9 else 999_999_999
     return rate if rate > 0 else None
 
 
