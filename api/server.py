@@ -28,6 +28,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from api.throttle import address_key
 from shared.jsonio import dumps
 from shared.ops import SERVER_NAME
 from shared.settings import ApiSettings, split_host_port
@@ -126,7 +127,7 @@ class GuardedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        address = address_key(str(peer[0])) if isinstance(peer, tuple) and peer else ""
         refusal = self._limits.admit(address)
         if refusal is not None:
             self._refuse(cast(asyncio.Transport, transport), refusal)

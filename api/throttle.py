@@ -38,8 +38,25 @@ def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
+def address_key(text: str) -> str:
+    """What counts as one client address: an IPv4 address, or an IPv6 /64.
+
+    One IPv6 subscriber is usually given a whole /64: counted per address, one
+    machine could open a new "client" for every connection or guess.
+    """
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class ClientAddress:
-    """The client's address: the TCP peer, or what a trusted proxy says it saw."""
+    """The client's address key (address_key): the TCP peer's, or a trusted proxy's word."""
 
     def __init__(self, trusted_proxies: str) -> None:
         self._trusted = {str(ipaddress.ip_address(item.strip()))
@@ -48,14 +65,14 @@ class ClientAddress:
     def __call__(self, request: web.Request) -> str:
         peer = request.remote or ""
         if peer not in self._trusted:
-            return peer
+            return address_key(peer)
         # The entry our proxy appended is the last one; earlier ones are the client's word.
         forwarded = request.headers.getall("X-Forwarded-For", [])
         last = ",".join(forwarded).rsplit(",", 1)[-1].strip()
         try:
-            return str(ipaddress.ip_address(last))
+            return address_key(str(ipaddress.ip_address(last)))
         except ValueError:
-            return peer
+            return address_key(peer)
 
 
 class Throttle:

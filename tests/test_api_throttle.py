@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from api.app import create_app
+from api.throttle import address_key
 from db import throttle
 from shared.settings import ApiSettings
 from tests.conftest import register
@@ -141,3 +142,27 @@ async def test_spent_throttle_rows_are_swept(pool: asyncpg.Pool) -> None:
     await asyncio.sleep(0.01)
     assert await throttle.sweep(pool) == 50
     assert await pool.fetchval("SELECT array_agg(key) FROM throttle") == ["register:current"]
+
+
+@pytest.mark.parametrize(("address", "key"), [
+    ("192.0.2.7", "192.0.2.7"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+])
+def test_an_ipv6_subscriber_counts_as_one_address(address: str, key: str) -> None:
+    assert address_key(address) == key
+
+
+async def test_addresses_of_one_ipv6_subscriber_share_a_registration_rate(
+        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    settings = replace(api_settings, register_max_per_address=2, trusted_proxies="127.0.0.1")
+    client: TestClient = await aiohttp_client(create_app(settings))
+    statuses = []
+    for i in range(3):
+        response = await client.post("/api/user/register",
+                                     json={"login": f"v6-{i}", "password": "secret-pass"},
+                                     headers={"X-Forwarded-For": f"2001:db8:7:7::{i + 1}"})
+        statuses.append(response.status)
+    assert statuses == [200, 200, 429]
