@@ -23,7 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 ARRIVED = web.RequestKey("arrived", float)
 
 
-class _StampingHandler(RequestHandler):
+class StampingHandler(RequestHandler):
     """aiohttp's connection protocol, noting when it last read bytes."""
 
     __slots__ = ("read_at",)
@@ -39,7 +39,7 @@ class _StampingHandler(RequestHandler):
 
 class _StampingServer(web.Server):
     def __call__(self) -> RequestHandler:
-        return _StampingHandler(self, loop=self._loop, **self._kwargs)
+        return StampingHandler(self, loop=self._loop, **self._kwargs)
 
 
 with warnings.catch_warnings():

@@ -28,6 +28,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from api.arrival import StampingHandler
 from api.throttle import address_key
 from shared.jsonio import dumps
 from shared.ops import SERVER_NAME
@@ -112,8 +113,9 @@ _PARSER_REASONS = {
 }
 
 
-class GuardedHandler(RequestHandler):
-    """aiohttp's connection handler with caps, a header deadline and JSON errors."""
+class GuardedHandler(StampingHandler):
+    """aiohttp's connection handler with caps, a header deadline and JSON errors
+    (and, as api.arrival's, the time of every read)."""
 
     def __init__(self, manager: web.Server, *, limits: ConnectionLimits,
                  header_timeout: float, **kwargs: Any) -> None:
