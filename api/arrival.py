@@ -24,7 +24,11 @@ ARRIVED = web.RequestKey("arrived", float)
 
 
 class StampingHandler(RequestHandler):
-    """aiohttp's connection protocol, noting when it last read bytes."""
+    """aiohttp's connection protocol, noting when it last read bytes.
+
+    Subclass it (not RequestHandler) for a protocol of one's own, or requests
+    lose their arrival time.
+    """
 
     __slots__ = ("read_at",)
 

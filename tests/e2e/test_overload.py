@@ -134,8 +134,10 @@ async def test_latency_counts_from_when_the_request_was_read_not_when_its_handle
     await eventually(both_logged, within=10, what="both requests logged")
     latency = {line["request_id"]: float(str(line["latency_ms"]))
                for line in access_lines(system) if line["request_id"] in ("slow-1", "queued-2")}
-    # The second request's wait behind the first is part of its latency.
-    assert latency["queued-2"] >= latency["slow-1"] > 0
+    # The second request's wait behind the first is part of its latency (counted from
+    # the handler's start it would be a fraction of a millisecond). Both were read in
+    # the same write, give or take a split segment, so it is about as long.
+    assert latency["queued-2"] >= latency["slow-1"] / 2 > 0
 
 
 async def test_a_client_cannot_make_log_lines_long(start_system: SystemFactory) -> None:
