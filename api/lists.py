@@ -53,14 +53,23 @@ def _link(request: web.Request, limit: int | None, after: Cursor) -> dict[str, s
     return {hdrs.LINK: f'<{request.rel_url.with_query(query)}>; rel="next"'}
 
 
+# Seconds a list request of a customer whose long lists are all streaming waits
+# before its 429 (it goes ahead if one has finished meanwhile).
+REFUSAL_PAUSE = 1.0
+
+
 async def respond(request: web.Request, user_id: int, listing: Listing) -> web.StreamResponse:
     """The user's list, newest first, within the bounds above."""
     settings, pool, gate = request.app[SETTINGS], request.app[POOL], request.app[LIST_GATE]
     asked, after = _params(request, settings.list_max_items)
     limit = asked if asked is not None else settings.list_max_items
     if gate.user_busy(user_id):
-        # Its long lists are all streaming: refused before any query.
-        raise too_many_for_user()
+        # Its long lists are all streaming: refused before any query, after a
+        # pause, so that a client asking again at once (not heeding Retry-After)
+        # costs a request a second per connection rather than a flood.
+        await asyncio.sleep(REFUSAL_PAUSE)
+        if gate.user_busy(user_id):
+            raise too_many_for_user()
     first_rows = min(limit, PAGE_ROWS)
     first = await pages.page(pool, listing, user_id, after, first_rows)
     if first is None:
