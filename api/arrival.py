@@ -17,10 +17,13 @@ import time
 import warnings
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict, CIMultiDictProxy
 
 ARRIVED = web.RequestKey("arrived", float)
+# The request carried an Expect other than 100-continue (its value is dropped).
+UNMET_EXPECTATION = web.RequestKey("unmet_expectation", bool)
 
 
 class StampingHandler(RequestHandler):
@@ -62,9 +65,30 @@ with warnings.catch_warnings():
 
         def _make_request(self, message: Any, payload: Any, protocol: RequestHandler,
                           *args: Any, **kwargs: Any) -> web.Request:
+            expect = message.headers.get(hdrs.EXPECT)
+            unmet = expect is not None and expect.strip().lower() != "100-continue"
+            if unmet:
+                message = _without_expect(message)
             request = super()._make_request(message, payload, protocol, *args, **kwargs)
             request[ARRIVED] = getattr(protocol, "read_at", None) or time.perf_counter()
+            if unmet:
+                request[UNMET_EXPECTATION] = True
             return request
+
+
+def _without_expect(message: Any) -> Any:
+    """The parsed request without its Expect header.
+
+    aiohttp answers an expectation it does not know itself, before any
+    middleware: a text/plain 417 echoing the header's value (whatever the
+    client put there, a token included), neither logged nor counted. Without
+    the header the request reaches the middleware, which refuses it as JSON.
+    """
+    headers = CIMultiDict(message.headers)
+    del headers[hdrs.EXPECT]
+    raw = tuple((name, value) for name, value in message.raw_headers
+                if name.lower() != b"expect")
+    return message._replace(headers=CIMultiDictProxy(headers), raw_headers=raw)
 
 
 def arrived(request: web.BaseRequest) -> float:

@@ -78,6 +78,10 @@ def _text_field(data: dict[str, Any], *keys: str, limit: int) -> str:
         raise ApiError(400, f"{present[0]!r} must not be empty")
     if len(value) > limit:
         raise ApiError(400, f"{present[0]!r} is longer than {limit} characters")
+    # JSON's \ud800 escapes make lone surrogates, which no UTF-8 encoder (Argon2's
+    # included) accepts: refused here rather than as a 500 deep in the hashing.
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise ApiError(400, f"{present[0]!r} is not valid Unicode text")
     return value
 
 

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from api.arrival import arrived
+from api.arrival import UNMET_EXPECTATION, arrived
 from api.errors import (
     CLIENT_GONE,
     ApiError,
@@ -55,6 +55,8 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
+        if request.get(UNMET_EXPECTATION):
+            raise ApiError(417, "unsupported Expect header (only 100-continue)")
         response = await handler(request)
     except ClientGone as exc:
         # Nobody to answer: hand back what was started, for aiohttp to close.
@@ -84,6 +86,9 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         response = error_response(500, f"internal error (request id {request_id})")
     if not response.prepared:  # a streamed answer set its headers itself
         response.headers["X-Request-ID"] = request_id
+        if request.path.startswith("/api/user/"):
+            # Tokens and a customer's own data: for no shared or browser cache.
+            response.headers.setdefault(hdrs.CACHE_CONTROL, "no-store")
         _maybe_compress(request, response)
     # An answer nobody will receive is not logged as delivered.
     status = CLIENT_GONE if client_gone(request) else response.status

@@ -193,6 +193,11 @@ def malformed(token: str) -> list[tuple[str, bytes]]:
                                    {"Authorization": "Bearer \x01" + token[::-1]})),
         ("bad percent in path", request("GET", f"/api/user/%zz{token}")),
         ("absolute form with userinfo", request("GET", f"http://u:{token}@x/api/user/balance")),
+        ("unknown expectation", request("POST", "/api/user/orders",
+                                        {"Authorization": f"Bearer {token}", "Expect": token,
+                                         "Content-Type": "text/plain"}, b"12345678903")),
+        ("unknown expectation, unknown path", request("GET", "/nowhere",
+                                                      {"Expect": f"x={PASSWORD}"})),
     ]
 
 
