@@ -18,7 +18,7 @@ MAX_LOGIN = 256
 MAX_PASSWORD = 1024
 _ORDER_KEYS = ("order_number", "number", "order")
 # Content types an order upload may come with: plain text, JSON, curl's
-# default for ``-d`` (the brief's examples send JSON that way), or none
+# default for ``-d`` (a common way of sending JSON from a shell), or none
 # (which aiohttp reports as application/octet-stream).
 _ORDER_TYPES = {"text/plain", "application/json", "application/x-www-form-urlencoded",
                 "application/octet-stream"}
@@ -137,7 +137,7 @@ def _order_from_json(data: Any) -> str:
 
 
 async def read_order_upload(request: web.Request) -> str:
-    """The order number from a text/plain body, or from the brief's JSON form."""
+    """The order number from a text/plain body, or from a small JSON object."""
     if request.content_type not in _ORDER_TYPES:
         raise ApiError(415, "send the order number as text/plain or application/json")
     body = await read_body(request)

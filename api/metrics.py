@@ -1,7 +1,7 @@
 """The API's Prometheus metrics: requests, business outcomes, orders by status.
 
 Business outcomes are read off the response status of the two routes whose
-statuses the contract (SPEC.md) ties one-to-one to an outcome, so handlers
+statuses the API contract (README, /api/openapi.json) ties one-to-one to an outcome, so handlers
 carry no metrics code and the mapping cannot drift from what clients see.
 """
 

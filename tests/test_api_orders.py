@@ -34,7 +34,7 @@ async def test_new_number_202_repeat_200_other_user_409(client: TestClient) -> N
     ('{"number": "12345678903"}', "application/json"),
     ('{"order": "12345678903"}', "application/json"),
     ('{"order_number": 12345678903}', "application/json"),
-    # The brief's curl example: JSON sent with curl's default form content type.
+    # curl -d without a type: JSON sent with curl's default form content type.
     ('{"order_number": "12345678903"}', "application/x-www-form-urlencoded"),
 ])
 async def test_json_upload_forms_are_accepted(client: TestClient, body: str,
