@@ -72,8 +72,9 @@ run: $(STAMP) postgres-binaries
 	$(BIN)/gophermart
 
 # BROWSER_TESTS=required: a browser test fails, rather than skips, without Chromium.
+# The benchmark smoke run (about a minute) is a benchmark: `make bench-smoke`.
 test: $(STAMP) postgres-binaries browser-deps lint
-	BROWSER_TESTS=required $(BIN)/pytest -q -p no:cacheprovider
+	BROWSER_TESTS=required $(BIN)/pytest -q -p no:cacheprovider --ignore=tests/test_bench_smoke.py
 
 # Only the page's tests in the browser (make test runs them too); screenshots of
 # every step land in test-artifacts/browser/.
@@ -96,12 +97,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 # Benchmarks (bench/): `bench` prints the full table and rewrites bench/RESULTS.md
-# (about 4 minutes); `bench-smoke` runs every figure for a few seconds.
+# (about 4 minutes); `bench-smoke` runs every figure for a few seconds and checks
+# that each row is printed and trustworthy (tests/test_bench_smoke.py).
 bench: $(STAMP) postgres-binaries
 	$(BIN)/python -m bench
 
 bench-smoke: $(STAMP) postgres-binaries
-	$(BIN)/python -m bench --smoke
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_bench_smoke.py
 
 # The scale benchmark (bench/scale.py, about 15 minutes): seeds a large shop (1 M customers,
 # 10 M orders, 10 M ledger entries) and measures every figure there next to an empty
