@@ -32,7 +32,9 @@ RULES: tuple[tuple[str, str, str], ...] = (
 
 
 def expected_accrual(goods: Iterable[tuple[str, str]]) -> Decimal | None:
-    """The accrual per SPEC, computed independently of the simulator's code."""
+    """What the accrual system awards (each good matching a rule earns its percent of
+    the price or its points; the sum rounded half up), computed independently of
+    the simulator's code."""
     total, matched = Decimal(0), False
     for description, price in goods:
         for match, reward, kind in RULES:
