@@ -90,6 +90,7 @@ chaos: $(STAMP) postgres-binaries
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 format: $(STAMP)

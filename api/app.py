@@ -33,16 +33,20 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     assert settings.database_uri is not None
     await migrate_when_ready(settings.database_uri)
-    app[POOL] = await create_pool(settings.database_uri, min_size=settings.db_pool_min,
-                                  max_size=settings.db_pool_max,
-                                  connect_timeout=settings.db_timeout,
-                                  acquire_timeout=settings.db_acquire_timeout,
-                                  share=customer_share(settings),
-                                  statement_timeout=settings.db_timeout * STATEMENT_SHARE,
-                                  on_wait=app[STALLS].pool_waited)
+    app[POOL] = await create_pool(
+        settings.database_uri,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        connect_timeout=settings.db_timeout,
+        acquire_timeout=settings.db_acquire_timeout,
+        share=customer_share(settings),
+        statement_timeout=settings.db_timeout * STATEMENT_SHARE,
+        on_wait=app[STALLS].pool_waited,
+    )
     watching = asyncio.create_task(app[STALLS].watch_loop(), name="loop-lag")
-    listener = RevocationListener(settings.database_uri, app[SESSIONS].cache,
-                                  timeout=settings.db_timeout)
+    listener = RevocationListener(
+        settings.database_uri, app[SESSIONS].cache, timeout=settings.db_timeout
+    )
     listening = asyncio.create_task(listener.run(), name="session-listener")
     sweeper = asyncio.create_task(sweep_forever(app[POOL]), name="throttle-sweeper")
     yield
@@ -55,8 +59,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 async def _passwords(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[PASSWORDS] = Passwords(settings.hash_concurrency, settings.hash_queue,
-                               settings.hash_per_address)
+    app[PASSWORDS] = Passwords(
+        settings.hash_concurrency, settings.hash_queue, settings.hash_per_address
+    )
     yield
     app[PASSWORDS].close()
 
@@ -92,8 +97,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/user/withdrawals", balance.list_withdrawals, allow_head=False)
     app.router.add_get("/api/user/events", user_events, allow_head=False)
     # The older path some clients still call.
-    app.router.add_get("/api/user/balance/withdrawals", balance.list_withdrawals,
-                       allow_head=False)
+    app.router.add_get("/api/user/balance/withdrawals", balance.list_withdrawals, allow_head=False)
     add_docs_routes(app)
     add_ops_routes(app)
     page.add_page_routes(app)
@@ -113,10 +117,13 @@ def create_app(settings: ApiSettings) -> web.Application:
     app[METRICS] = metrics
     app[STALLS] = Stalls(metrics.registry, settings.stall_log_threshold)
     try:
-        app[SESSIONS] = Sessions(settings.session_secret, settings.session_ttl,
-                                 settings.session_cache_ttl,
-                                 cookie_secure=settings.cookie_secure,
-                                 checked=metrics.session_checks)
+        app[SESSIONS] = Sessions(
+            settings.session_secret,
+            settings.session_ttl,
+            settings.session_cache_ttl,
+            cookie_secure=settings.cookie_secure,
+            checked=metrics.session_checks,
+        )
     except WeakSecretError as exc:
         raise SystemExit(f"gophermart-api: {exc}") from exc
     app[THROTTLE] = Throttle(settings)

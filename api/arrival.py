@@ -63,8 +63,9 @@ with warnings.catch_warnings():
             server.__class__ = _StampingServer  # same object, protocols that stamp
             return server
 
-        def _make_request(self, message: Any, payload: Any, protocol: RequestHandler,
-                          *args: Any, **kwargs: Any) -> web.Request:
+        def _make_request(
+            self, message: Any, payload: Any, protocol: RequestHandler, *args: Any, **kwargs: Any
+        ) -> web.Request:
             expect = message.headers.get(hdrs.EXPECT)
             unmet = expect is not None and expect.strip().lower() != "100-continue"
             if unmet:
@@ -86,8 +87,7 @@ def _without_expect(message: Any) -> Any:
     """
     headers = CIMultiDict(message.headers)
     del headers[hdrs.EXPECT]
-    raw = tuple((name, value) for name, value in message.raw_headers
-                if name.lower() != b"expect")
+    raw = tuple((name, value) for name, value in message.raw_headers if name.lower() != b"expect")
     return message._replace(headers=CIMultiDictProxy(headers), raw_headers=raw)
 
 

@@ -31,20 +31,33 @@ def request_token(request: web.Request) -> str | None:
     return request.cookies.get(COOKIE_NAME)
 
 
-def hand_out(request: web.Request, response: web.StreamResponse, user_id: int,
-             generation: int) -> None:
+def hand_out(
+    request: web.Request, response: web.StreamResponse, user_id: int, generation: int
+) -> None:
     """Start a fresh session for the user: its token as cookie and bearer header."""
     sessions = request.app[SESSIONS]
     token = sessions.issue(user_id, generation)
-    response.set_cookie(COOKIE_NAME, token, max_age=sessions.sealer.ttl, path="/",
-                        httponly=True, samesite="Lax", secure=sessions.cookie_secure or None)
+    response.set_cookie(
+        COOKIE_NAME,
+        token,
+        max_age=sessions.sealer.ttl,
+        path="/",
+        httponly=True,
+        samesite="Lax",
+        secure=sessions.cookie_secure or None,
+    )
     response.headers[hdrs.AUTHORIZATION] = _BEARER + token
     structlog.contextvars.bind_contextvars(user_id=user_id)
 
 
 def clear_cookie(request: web.Request, response: web.StreamResponse) -> None:
-    response.del_cookie(COOKIE_NAME, path="/", httponly=True, samesite="Lax",
-                        secure=request.app[SESSIONS].cookie_secure or None)
+    response.del_cookie(
+        COOKIE_NAME,
+        path="/",
+        httponly=True,
+        samesite="Lax",
+        secure=request.app[SESSIONS].cookie_secure or None,
+    )
 
 
 async def current_session(request: web.Request) -> Session | None:

@@ -20,8 +20,12 @@ _ORDER_KEYS = ("order_number", "number", "order")
 # Content types an order upload may come with: plain text, JSON, curl's
 # default for ``-d`` (a common way of sending JSON from a shell), or none
 # (which aiohttp reports as application/octet-stream).
-_ORDER_TYPES = {"text/plain", "application/json", "application/x-www-form-urlencoded",
-                "application/octet-stream"}
+_ORDER_TYPES = {
+    "text/plain",
+    "application/json",
+    "application/x-www-form-urlencoded",
+    "application/octet-stream",
+}
 # Bodies are read as UTF-8 (which includes ASCII); another declared charset is refused.
 _CHARSETS = {None, "utf-8", "utf8", "us-ascii", "ascii"}
 

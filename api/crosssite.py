@@ -49,10 +49,12 @@ def cross_site_guard(allowed_origins: Iterable[str]) -> Middleware:
             origin_header = request.headers.get(hdrs.ORIGIN)
             if origin_header is not None:
                 origin = _origin(origin_header)
-                if origin is None or not (origin in allowed
-                                          or _same_host(origin, request.host)):
-                    raise ApiError(403, "cross-site request refused: send the Authorization "
-                                        "header, or come from an allowed origin")
+                if origin is None or not (origin in allowed or _same_host(origin, request.host)):
+                    raise ApiError(
+                        403,
+                        "cross-site request refused: send the Authorization "
+                        "header, or come from an allowed origin",
+                    )
             elif request.headers.get("Sec-Fetch-Site", "").lower() in _FOREIGN_FETCH:
                 raise ApiError(403, "cross-site request refused")
         return await handler(request)

@@ -26,8 +26,7 @@ def client_gone(request: web.BaseRequest) -> bool:
 class ApiError(Exception):
     """Raise from a handler to answer ``status`` with a JSON reason."""
 
-    def __init__(self, status: int, reason: str,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
@@ -49,8 +48,9 @@ def json_response(payload: object, status: int = 200) -> web.Response:
     return web.Response(body=dumps(payload), status=status, content_type="application/json")
 
 
-def error_response(status: int, reason: str,
-                   headers: Mapping[str, str] | None = None) -> web.Response:
+def error_response(
+    status: int, reason: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
     response = json_response({"error": reason}, status)
     if headers:
         response.headers.update(headers)

@@ -75,9 +75,17 @@ class Stream:
 class EventHub:
     """The process's open streams by user, and the LISTEN connection feeding them."""
 
-    def __init__(self, dsn: str, *, per_user: int, total: int, still_valid: SessionCheck,
-                 timeout: float = 5.0, check_interval: float = 5.0,
-                 counted: Callable[[int], None] = lambda _n: None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        per_user: int,
+        total: int,
+        still_valid: SessionCheck,
+        timeout: float = 5.0,
+        check_interval: float = 5.0,
+        counted: Callable[[int], None] = lambda _n: None,
+    ) -> None:
         self._dsn = dsn
         self._still_valid = still_valid
         self._checks: set[asyncio.Task[None]] = set()
@@ -160,8 +168,10 @@ class EventHub:
         while not self._closing:
             try:
                 conn = await asyncpg.connect(
-                    self._dsn, timeout=self._timeout,
-                    server_settings={"application_name": "gophermart-api-events"})
+                    self._dsn,
+                    timeout=self._timeout,
+                    server_settings={"application_name": "gophermart-api-events"},
+                )
             except _LISTEN_ERRORS as exc:
                 log.warning("cannot connect to listen for user changes", error=repr(exc))
             else:
@@ -175,8 +185,7 @@ class EventHub:
                     conn.terminate()
             if not self._closing:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._lost.wait(),
-                                           backoff * random.uniform(0.5, 1.0))
+                    await asyncio.wait_for(self._lost.wait(), backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, 5.0)
 
     async def _listen(self, conn: asyncpg.Connection) -> None:
@@ -200,14 +209,14 @@ class EventHub:
                 continue
             return
 
-    def _user_changed(self, _conn: object, _pid: object, _channel: object,
-                      payload: object) -> None:
+    def _user_changed(self, _conn: object, _pid: object, _channel: object, payload: object) -> None:
         user_id = events.parse_user_id(str(payload))
         if user_id is not None:
             self.changed(user_id)
 
-    def _sessions_changed(self, _conn: object, _pid: object, _channel: object,
-                          payload: object) -> None:
+    def _sessions_changed(
+        self, _conn: object, _pid: object, _channel: object, payload: object
+    ) -> None:
         user_id = events.parse_user_id(str(payload))
         if user_id is None or user_id not in self._streams or self._closing:
             return
@@ -225,15 +234,25 @@ async def hub_context(app: web.Application) -> AsyncIterator[None]:
     assert settings.database_uri is not None
 
     async def still_valid(session: Session) -> bool:
-        return await db_sessions.is_current(app[POOL], session.user_id, session.generation,
-                                            session.session_id)
+        return await db_sessions.is_current(
+            app[POOL], session.user_id, session.generation, session.session_id
+        )
 
     # livesum: under several API processes a scrape sums the live processes' counts.
-    gauge = Gauge("gophermart_event_streams", "Open GET /api/user/events streams.",
-                  registry=app[METRICS].registry, multiprocess_mode="livesum")
-    hub = EventHub(settings.database_uri, per_user=settings.events_per_user,
-                   total=settings.events_max_streams, still_valid=still_valid,
-                   timeout=settings.db_timeout, counted=gauge.set)
+    gauge = Gauge(
+        "gophermart_event_streams",
+        "Open GET /api/user/events streams.",
+        registry=app[METRICS].registry,
+        multiprocess_mode="livesum",
+    )
+    hub = EventHub(
+        settings.database_uri,
+        per_user=settings.events_per_user,
+        total=settings.events_max_streams,
+        still_valid=still_valid,
+        timeout=settings.db_timeout,
+        counted=gauge.set,
+    )
     app[EVENTS] = hub
     task = asyncio.create_task(hub.run(), name="user-events-listener")
     yield
@@ -259,25 +278,28 @@ async def user_events(request: web.Request, session: Session) -> web.StreamRespo
     settings = request.app[SETTINGS]
     stream = hub.open(session)
     if stream is None:
-        raise ApiError(503, "too many open event streams; poll instead",
-                       {"Retry-After": "30"})
+        raise ApiError(503, "too many open event streams; poll instead", {"Retry-After": "30"})
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + min(settings.events_max_age,
-                                 max(session.expires_at - time.time(), 0))
-    response = web.StreamResponse(status=200, headers={
-        "Content-Type": "text/event-stream; charset=utf-8",
-        "Cache-Control": "no-store",
-        "X-Accel-Buffering": "no",  # nginx: pass each event on at once
-    })
+    deadline = loop.time() + min(settings.events_max_age, max(session.expires_at - time.time(), 0))
+    response = web.StreamResponse(
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+        },
+    )
     try:
         await response.prepare(request)
         # The first "change" covers anything that happened before the stream opened.
-        await _send(response, f"retry: {RECONNECT_MS}\n\n".encode() + _frame("change"),
-                    settings.events_heartbeat)
+        await _send(
+            response,
+            f"retry: {RECONNECT_MS}\n\n".encode() + _frame("change"),
+            settings.events_heartbeat,
+        )
         while (left := deadline - loop.time()) > 0:
             try:
-                await asyncio.wait_for(stream.wake.wait(),
-                                       min(settings.events_heartbeat, left))
+                await asyncio.wait_for(stream.wake.wait(), min(settings.events_heartbeat, left))
             except TimeoutError:
                 await _send(response, b": ping\n\n", settings.events_heartbeat)
                 continue

@@ -31,15 +31,18 @@ def add_ops_routes(app: web.Application) -> None:
         app.cleanup_ctx.append(lambda _: sharing.flushing())
     registry = exported(own, sharing)
     ops_address = app[SETTINGS].ops_address
-    app.add_routes(ops.ops_routes(ready=ready, registry=registry, scrape=scrape, detail=False,
-                                  metrics=ops_address is None))
+    app.add_routes(
+        ops.ops_routes(
+            ready=ready, registry=registry, scrape=scrape, detail=False, metrics=ops_address is None
+        )
+    )
     if ops_address is None:
         return
 
     async def ops_server(_: web.Application) -> AsyncIterator[None]:
         runner = await ops.start_ops_server(
-            ops.ops_app(ready=ready, registry=registry, scrape=scrape), ops_address,
-            reuse_port=True)
+            ops.ops_app(ready=ready, registry=registry, scrape=scrape), ops_address, reuse_port=True
+        )
         yield
         await runner.cleanup()
 

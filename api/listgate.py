@@ -7,8 +7,11 @@ from api.errors import Overloaded
 
 
 def too_many_for_user() -> Overloaded:
-    return Overloaded(429, "too many long lists in flight for this account; retry when one "
-                           "has finished", "customer_lists")
+    return Overloaded(
+        429,
+        "too many long lists in flight for this account; retry when one has finished",
+        "customer_lists",
+    )
 
 
 class StreamGate:
@@ -29,8 +32,7 @@ class StreamGate:
         if self.user_busy(user_id):
             raise too_many_for_user()
         if self._streaming >= self.total:
-            raise Overloaded(503, "too many long lists are being sent; retry shortly",
-                             "lists")
+            raise Overloaded(503, "too many long lists are being sent; retry shortly", "lists")
         self._by_user[user_id] = self._by_user.get(user_id, 0) + 1
         self._streaming += 1
         try:

@@ -80,8 +80,7 @@ async def respond(request: web.Request, user_id: int, listing: Listing) -> web.S
         if first.count == limit:
             more = await pages.boundary(pool, listing, user_id, first.last, 0)
         structlog.contextvars.bind_contextvars(items=first.count)
-        response = web.Response(body=b"[" + first.items + b"]",
-                                content_type="application/json")
+        response = web.Response(body=b"[" + first.items + b"]", content_type="application/json")
         if more is not None:
             response.headers.update(_link(request, asked, more))
         return response
@@ -89,12 +88,19 @@ async def respond(request: web.Request, user_id: int, listing: Listing) -> web.S
         return await _stream(request, user_id, listing, first, limit, asked)
 
 
-async def _stream(request: web.Request, user_id: int, listing: Listing, first: pages.Page,
-                  limit: int, asked: int | None) -> web.StreamResponse:
+async def _stream(
+    request: web.Request,
+    user_id: int,
+    listing: Listing,
+    first: pages.Page,
+    limit: int,
+    asked: int | None,
+) -> web.StreamResponse:
     pool, within = request.app[POOL], request.app[SETTINGS].send_timeout
     more = await pages.boundary(pool, listing, user_id, first.last, limit - first.count)
-    response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/json",
-                                           "X-Request-ID": request_id()})
+    response = web.StreamResponse(
+        headers={hdrs.CONTENT_TYPE: "application/json", "X-Request-ID": request_id()}
+    )
     if more is not None:
         response.headers.update(_link(request, asked, more))
     if "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, ""):
@@ -125,8 +131,9 @@ async def _stream(request: web.Request, user_id: int, listing: Listing, first: p
     return response
 
 
-async def _send(request: web.Request, response: web.StreamResponse, data: bytes,
-                within: float) -> None:
+async def _send(
+    request: web.Request, response: web.StreamResponse, data: bytes, within: float
+) -> None:
     """Write a chunk; a client that takes none of it for ``within`` seconds is cut off."""
     try:
         async with asyncio.timeout(within):

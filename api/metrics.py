@@ -49,34 +49,54 @@ class ApiMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else new_registry()
         self.requests = Counter(
-            "gophermart_http_requests", "HTTP requests by method, route template and status.",
-            ("method", "route", "status"), registry=self.registry)
+            "gophermart_http_requests",
+            "HTTP requests by method, route template and status.",
+            ("method", "route", "status"),
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "gophermart_http_request_duration_seconds",
             "HTTP request latency by method, route template and status.",
-            ("method", "route", "status"), buckets=LATENCY_BUCKETS, registry=self.registry)
+            ("method", "route", "status"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         withdrawals = Counter(
-            "gophermart_withdrawals", "Withdrawal requests by outcome "
+            "gophermart_withdrawals",
+            "Withdrawal requests by outcome "
             "(done, insufficient = not enough points, conflict = order paid otherwise).",
-            ("outcome",), registry=self.registry)
+            ("outcome",),
+            registry=self.registry,
+        )
         uploads = Counter(
-            "gophermart_order_uploads", "Order uploads by outcome (accepted = new, "
+            "gophermart_order_uploads",
+            "Order uploads by outcome (accepted = new, "
             "duplicate = already yours, conflict = another user's, invalid = fails Luhn).",
-            ("outcome",), registry=self.registry)
+            ("outcome",),
+            registry=self.registry,
+        )
         session_checks = Counter(
-            "gophermart_session_checks", "Tokens checked in PostgreSQL, i.e. not answered by "
+            "gophermart_session_checks",
+            "Tokens checked in PostgreSQL, i.e. not answered by "
             "the verified-token cache, by outcome (valid, ended).",
-            ("outcome",), registry=self.registry)
-        self.session_checks = {True: session_checks.labels("valid"),
-                               False: session_checks.labels("ended")}
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.session_checks = {
+            True: session_checks.labels("valid"),
+            False: session_checks.labels("ended"),
+        }
         self._shed = Counter(
-            "gophermart_shed_requests", "Requests refused to shed load, by cause: pool "
+            "gophermart_shed_requests",
+            "Requests refused to shed load, by cause: pool "
             "(no connection free within DB_ACQUIRE_TIMEOUT, 503), customer_connections "
             "(that customer's share of the pool busy, 429), customer_lists "
             "(LIST_CONCURRENCY long lists in flight, 429), lists (the process's long "
             "lists at their limit, 503), slow_statement (a statement outlasted "
             "statement_timeout, 503).",
-            ("cause",), registry=self.registry)
+            ("cause",),
+            registry=self.registry,
+        )
         for cause in SHED_CAUSES:
             self._shed.labels(cause)
         # Created up front so every outcome is exported (as 0) from the start.
@@ -90,9 +110,11 @@ class ApiMetrics:
     def _bind(self, method: str, route: str, status: int) -> _Children:
         status_text = str(status)
         outcomes = self._outcomes.get(_OUTCOME_ROUTES.get((method, route), ""), {})
-        children = (self.requests.labels(method, route, status_text),
-                    self.latency.labels(method, route, status_text),
-                    outcomes.get(status))
+        children = (
+            self.requests.labels(method, route, status_text),
+            self.latency.labels(method, route, status_text),
+            outcomes.get(status),
+        )
         self._children[(method, route, status)] = children
         return children
 
@@ -100,8 +122,7 @@ class ApiMetrics:
         self._shed.labels(cause).inc()
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        children = self._children.get((method, route, status)) \
-            or self._bind(method, route, status)
+        children = self._children.get((method, route, status)) or self._bind(method, route, status)
         children[0].inc()
         children[1].observe(seconds)
         if children[2] is not None:
@@ -131,8 +152,7 @@ class ApiMetrics:
             except Exception:
                 self._record(request, 500, started)
                 raise
-            self._record(request, CLIENT_GONE if client_gone(request) else response.status,
-                         started)
+            self._record(request, CLIENT_GONE if client_gone(request) else response.status, started)
             return response
 
         return measure
@@ -141,8 +161,9 @@ class ApiMetrics:
 METRICS = web.AppKey("metrics", ApiMetrics)
 
 
-async def orders_by_status(pool: asyncpg.Pool,
-                           within: float = ORDERS_QUERY_TIMEOUT) -> Iterable[Metric]:
+async def orders_by_status(
+    pool: asyncpg.Pool, within: float = ORDERS_QUERY_TIMEOUT
+) -> Iterable[Metric]:
     """``gophermart_orders{status}`` counted at scrape time; nothing if the query fails.
 
     A failed count is left out rather than reported as zeros, which would
@@ -151,13 +172,13 @@ async def orders_by_status(pool: asyncpg.Pool,
     try:
         async with asyncio.timeout(within):
             counted = await orders.count_by_status(pool)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-            PoolBusy) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, PoolBusy) as exc:
         log.warning("cannot count orders for metrics", error=repr(exc))
         return ()
     counts = dict.fromkeys(ORDER_STATUSES, 0) | counted
-    family = GaugeMetricFamily("gophermart_orders", "Orders by status, counted at scrape time.",
-                               labels=("status",))
+    family = GaugeMetricFamily(
+        "gophermart_orders", "Orders by status, counted at scrape time.", labels=("status",)
+    )
     for status, count in counts.items():
         family.add_metric((status,), count)
     return (family,)

@@ -66,8 +66,9 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
     except asyncpg.QueryCanceledError:
         # statement_timeout (or an operator's cancel): PostgreSQL answered, so it is
         # up; a row locked by a long transaction, or a database too busy.
-        response = _shed(request, Overloaded(503, "the database is busy; retry shortly",
-                                             "slow_statement"))
+        response = _shed(
+            request, Overloaded(503, "the database is busy; retry shortly", "slow_statement")
+        )
     except Overloaded as exc:
         response = _shed(request, exc)
     except ApiError as exc:
@@ -77,8 +78,7 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         response = error_response(exc.status, exc.reason, _kept_headers(exc))
     except DATABASE_DOWN as exc:
         log.warning("database unavailable", error=repr(exc))
-        response = error_response(503, "service temporarily unavailable",
-                                  {"Retry-After": "1"})
+        response = error_response(503, "service temporarily unavailable", {"Retry-After": "1"})
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -92,8 +92,13 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         _maybe_compress(request, response)
     # An answer nobody will receive is not logged as delivered.
     status = CLIENT_GONE if client_gone(request) else response.status
-    log.info("request", method=request.method, path=_logged_path(request), status=status,
-             latency_ms=round((time.perf_counter() - started) * 1000, 2))
+    log.info(
+        "request",
+        method=request.method,
+        path=_logged_path(request),
+        status=status,
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
     return response
 
 
@@ -114,8 +119,11 @@ def request_id() -> str:
 
 def _pool_busy(exc: PoolBusy) -> Overloaded:
     if exc.scope == "customer":
-        return Overloaded(429, "too many requests of this account in flight; retry shortly",
-                          "customer_connections")
+        return Overloaded(
+            429,
+            "too many requests of this account in flight; retry shortly",
+            "customer_connections",
+        )
     return Overloaded(503, "server busy; retry shortly", "pool")
 
 
@@ -127,8 +135,9 @@ def _shed(request: web.Request, exc: Overloaded) -> web.Response:
 
 
 def _kept_headers(exc: web.HTTPException) -> dict[str, str]:
-    return {name: exc.headers[name] for name in (hdrs.ALLOW, hdrs.RETRY_AFTER)
-            if name in exc.headers}
+    return {
+        name: exc.headers[name] for name in (hdrs.ALLOW, hdrs.RETRY_AFTER) if name in exc.headers
+    }
 
 
 def _maybe_compress(request: web.Request, response: web.StreamResponse) -> None:
@@ -136,6 +145,9 @@ def _maybe_compress(request: web.Request, response: web.StreamResponse) -> None:
     if not isinstance(response, web.Response) or response.body is None:
         return
     body = response.body
-    if isinstance(body, bytes | bytearray) and len(body) >= COMPRESS_MIN_BYTES \
-            and "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, ""):
+    if (
+        isinstance(body, bytes | bytearray)
+        and len(body) >= COMPRESS_MIN_BYTES
+        and "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
+    ):
         response.enable_compression(web.ContentCoding.gzip)

@@ -25,15 +25,20 @@ _VERSION_MARK = "{{static}}"
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'")
+    "frame-ancestors 'none'"
+)
 _SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
-_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
-          ".html": "text/html"}
+_TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".html": "text/html",
+}
 
 
 @dataclass(frozen=True)
@@ -51,9 +56,8 @@ class Assets:
 
 
 def _asset(name: str, body: bytes) -> Asset:
-    suffix = name[name.rfind("."):]
-    content_type = _TYPES.get(suffix) or mimetypes.guess_type(name)[0] \
-        or "application/octet-stream"
+    suffix = name[name.rfind(".") :]
+    content_type = _TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
     return Asset(body, content_type, f'"{hashlib.sha256(body).hexdigest()[:20]}"')
 
 
@@ -61,21 +65,31 @@ def _asset(name: str, body: bytes) -> Asset:
 def assets() -> Assets:
     """Every file under api/static, and the page pointing at this version of them."""
     static = resources.files("api").joinpath("static")
-    raw = {entry.name: entry.read_bytes() for entry in static.iterdir()
-           if entry.is_file() and not entry.name.startswith(".")}
+    raw = {
+        entry.name: entry.read_bytes()
+        for entry in static.iterdir()
+        if entry.is_file() and not entry.name.startswith(".")
+    }
     digest = hashlib.sha256()
     for name in sorted(raw):
         digest.update(name.encode() + b"\0" + raw[name] + b"\0")
     version = digest.hexdigest()[:12]
     template = raw.pop("index.html").decode("utf-8")
     page = template.replace(_VERSION_MARK, f"{STATIC_PREFIX}/{version}").encode("utf-8")
-    return Assets(version, _asset("index.html", page),
-                  {name: _asset(name, body) for name, body in raw.items()})
+    return Assets(
+        version,
+        _asset("index.html", page),
+        {name: _asset(name, body) for name, body in raw.items()},
+    )
 
 
 def _answer(request: web.Request, asset: Asset, cache_control: str) -> web.Response:
-    headers = {hdrs.ETAG: asset.etag, hdrs.CACHE_CONTROL: cache_control,
-               hdrs.VARY: "Accept-Encoding", **_SECURITY_HEADERS}
+    headers = {
+        hdrs.ETAG: asset.etag,
+        hdrs.CACHE_CONTROL: cache_control,
+        hdrs.VARY: "Accept-Encoding",
+        **_SECURITY_HEADERS,
+    }
     if asset.etag in request.headers.get(hdrs.IF_NONE_MATCH, ""):
         return web.Response(status=304, headers=headers)
     response = web.Response(status=200, body=asset.body, headers=headers)

@@ -130,10 +130,12 @@ class Passwords:
         # requests 2x their p99 instead of 7-10x, for a fifth fewer logins/s).
         workers = concurrency or max(1, (os.cpu_count() or 2) - 1)
         self.queue = HashQueue(workers, queue, per_address)
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2",
-                                            initializer=_lower_priority)
-        self._hasher = PasswordHasher(time_cost=TIME_COST, memory_cost=MEMORY_COST_KIB,
-                                      parallelism=PARALLELISM, type=Type.ID)
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="argon2", initializer=_lower_priority
+        )
+        self._hasher = PasswordHasher(
+            time_cost=TIME_COST, memory_cost=MEMORY_COST_KIB, parallelism=PARALLELISM, type=Type.ID
+        )
         # Verified against for unknown logins, so that they cost a full hash too.
         self._decoy = self._hasher.hash(secrets.token_urlsafe(16))
 
@@ -152,7 +154,8 @@ class Passwords:
         async with self.queue.turn(Work.LOGIN, address):
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self._executor, self._verify_sync, password_hash, password)
+                self._executor, self._verify_sync, password_hash, password
+            )
 
     def _verify_sync(self, password_hash: str | None, password: str) -> bool:
         try:

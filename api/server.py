@@ -53,8 +53,11 @@ def connection_cap(configured: int) -> int:
         return configured
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # Use what we are allowed: raise the soft limit towards the hard one.
-    wanted = min(hard, MAX_AUTO_CONNECTIONS + SPARE_DESCRIPTORS) \
-        if hard != resource.RLIM_INFINITY else MAX_AUTO_CONNECTIONS + SPARE_DESCRIPTORS
+    wanted = (
+        min(hard, MAX_AUTO_CONNECTIONS + SPARE_DESCRIPTORS)
+        if hard != resource.RLIM_INFINITY
+        else MAX_AUTO_CONNECTIONS + SPARE_DESCRIPTORS
+    )
     if soft != resource.RLIM_INFINITY and soft < wanted:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
@@ -67,10 +70,14 @@ def connection_cap(configured: int) -> int:
 def raw_response(status: int, reason: str, headers: dict[str, str] | None = None) -> bytes:
     """A complete HTTP/1.1 answer that closes the connection, for use before any parsing."""
     body = dumps({"error": reason})
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-             "Content-Type: application/json", f"Content-Length: {len(body)}",
-             "Connection: close", f"Server: {SERVER_NAME}",
-             *(f"{name}: {value}" for name, value in (headers or {}).items())]
+    lines = [
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        f"Server: {SERVER_NAME}",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
 
 
@@ -87,11 +94,11 @@ class ConnectionLimits:
     def admit(self, address: str) -> bytes | None:
         """None when the connection may stay, else the answer to close it with."""
         if self.open >= self.total:
-            return raw_response(503, "too many connections; try again shortly",
-                                {"Retry-After": "1"})
+            return raw_response(
+                503, "too many connections; try again shortly", {"Retry-After": "1"}
+            )
         if self.per_address and self.by_address[address] >= self.per_address:
-            return raw_response(429, "too many connections from this address",
-                                {"Retry-After": "1"})
+            return raw_response(429, "too many connections from this address", {"Retry-After": "1"})
         self.open += 1
         self.by_address[address] += 1
         return None
@@ -117,8 +124,9 @@ class GuardedHandler(StampingHandler):
     """aiohttp's connection handler with caps, a header deadline and JSON errors
     (and, as api.arrival's, the time of every read)."""
 
-    def __init__(self, manager: web.Server, *, limits: ConnectionLimits,
-                 header_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: web.Server, *, limits: ConnectionLimits, header_timeout: float, **kwargs: Any
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._limits = limits
         self._header_timeout = header_timeout
@@ -203,22 +211,33 @@ class GuardedHandler(StampingHandler):
             return
         log.error("error in the HTTP server", error=type(exc).__name__, exc_info=exc)
 
-    def handle_error(self, request: BaseRequest, status: int = 500,
-                     exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
         # aiohttp would answer text/plain with the parser's message, which
         # quotes the offending line, and log that line in full.
         if status >= 500:
             log.error("unhandled error outside the application", error=type(exc).__name__)
         else:
-            log.info("malformed request refused", status=status,
-                     error=type(exc).__name__ if exc is not None else None)
+            log.info(
+                "malformed request refused",
+                status=status,
+                error=type(exc).__name__ if exc is not None else None,
+            )
         if request.writer.output_size > 0:
             raise ConnectionError("the answer was already started")
-        reason = _PARSER_REASONS.get(status, "internal error") if status >= 400 \
+        reason = (
+            _PARSER_REASONS.get(status, "internal error")
+            if status >= 400
             else "malformed HTTP request"
-        response = web.Response(body=dumps({"error": reason}), status=status,
-                                content_type="application/json")
+        )
+        response = web.Response(
+            body=dumps({"error": reason}), status=status, content_type="application/json"
+        )
         response.headers["Server"] = SERVER_NAME
         response.force_close()
         return response
@@ -227,22 +246,31 @@ class GuardedHandler(StampingHandler):
 class GuardedServer(web.Server):
     """aiohttp's connection factory, making GuardedHandlers."""
 
-    def __init__(self, plain: web.Server, limits: ConnectionLimits,
-                 header_timeout: float) -> None:
-        super().__init__(plain.request_handler, request_factory=plain.request_factory,
-                         handler_cancellation=plain.handler_cancellation,
-                         loop=asyncio.get_running_loop(), **plain._kwargs)
+    def __init__(self, plain: web.Server, limits: ConnectionLimits, header_timeout: float) -> None:
+        super().__init__(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **plain._kwargs,
+        )
         self._limits = limits
         self._header_timeout = header_timeout
 
     def __call__(self) -> RequestHandler:
-        return GuardedHandler(self, loop=self._loop, limits=self._limits,
-                              header_timeout=self._header_timeout, **self._kwargs)
+        return GuardedHandler(
+            self,
+            loop=self._loop,
+            limits=self._limits,
+            header_timeout=self._header_timeout,
+            **self._kwargs,
+        )
 
 
 class GuardedRunner(web.AppRunner):
-    def __init__(self, app: web.Application, limits: ConnectionLimits,
-                 header_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, limits: ConnectionLimits, header_timeout: float, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self.limits = limits
         self._header_timeout = header_timeout
@@ -253,15 +281,23 @@ class GuardedRunner(web.AppRunner):
 
 
 def make_runner(app: web.Application, settings: ApiSettings) -> GuardedRunner:
-    limits = ConnectionLimits(connection_cap(settings.max_connections),
-                              settings.max_connections_per_address)
-    return GuardedRunner(app, limits, settings.header_timeout, access_log=None,
-                         keepalive_timeout=settings.keepalive_timeout, shutdown_timeout=5,
-                         handle_signals=False)
+    limits = ConnectionLimits(
+        connection_cap(settings.max_connections), settings.max_connections_per_address
+    )
+    return GuardedRunner(
+        app,
+        limits,
+        settings.header_timeout,
+        access_log=None,
+        keepalive_timeout=settings.keepalive_timeout,
+        shutdown_timeout=5,
+        handle_signals=False,
+    )
 
 
-async def serve_until_stopped(app: web.Application, settings: ApiSettings, *,
-                              reuse_port: bool = False) -> None:
+async def serve_until_stopped(
+    app: web.Application, settings: ApiSettings, *, reuse_port: bool = False
+) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully.
 
     The socket listens only once start-up (migrations, pool) is done, so a

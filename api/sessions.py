@@ -72,7 +72,8 @@ def check_secret(secret: str) -> None:
         raise WeakSecretError(
             f"SESSION_SECRET is too weak: use at least {MIN_SECRET_LENGTH} characters with at "
             f"least {MIN_SECRET_DISTINCT} different ones, e.g. the output of "
-            "`openssl rand -hex 32`")
+            "`openssl rand -hex 32`"
+        )
 
 
 def fernet_key(secret: str | None) -> bytes:
@@ -80,7 +81,8 @@ def fernet_key(secret: str | None) -> bytes:
     if not secret:
         log.warning(
             "SESSION_SECRET is not set: using a random secret; every login ends when "
-            "this process stops and other replicas will not accept its tokens")
+            "this process stops and other replicas will not accept its tokens"
+        )
         return secrets.token_bytes(32)
     check_secret(secret)
     return hashlib.sha256(secret.encode("utf-8")).digest()
@@ -95,11 +97,17 @@ class Sealer:
 
     def seal(self, user_id: int, generation: int) -> tuple[str, Session]:
         now = int(time.time())
-        session = Session(user_id, secrets.token_bytes(SESSION_ID_BYTES), generation,
-                          now + self.ttl)
-        payload = orjson.dumps({
-            "uid": user_id, "gen": generation, "exp": session.expires_at,
-            "sid": base64.urlsafe_b64encode(session.session_id).decode("ascii")})
+        session = Session(
+            user_id, secrets.token_bytes(SESSION_ID_BYTES), generation, now + self.ttl
+        )
+        payload = orjson.dumps(
+            {
+                "uid": user_id,
+                "gen": generation,
+                "exp": session.expires_at,
+                "sid": base64.urlsafe_b64encode(session.session_id).decode("ascii"),
+            }
+        )
         # Without base64 padding: "=" would make the Set-Cookie value a quoted
         # string, and the cookie would no longer be the bearer token as is.
         token = self._fernet.encrypt_at_time(payload, now).decode("ascii").rstrip("=")
@@ -157,8 +165,12 @@ def _session_from(payload: Any) -> Session | None:
     if not isinstance(payload, dict):
         return None
     uid, gen, exp, sid = (payload.get(k) for k in ("uid", "gen", "exp", "sid"))
-    if type(uid) is not int or type(gen) is not int or type(exp) is not int \
-            or not isinstance(sid, str):
+    if (
+        type(uid) is not int
+        or type(gen) is not int
+        or type(exp) is not int
+        or not isinstance(sid, str)
+    ):
         return None
     try:
         session_id = base64.urlsafe_b64decode(sid)
@@ -238,9 +250,15 @@ class VerifiedTokens:
 class Sessions:
     """Issue, check and end sessions: the sealer, the cache and the database together."""
 
-    def __init__(self, secret: str | None, ttl: int, cache_ttl: float, *,
-                 cookie_secure: bool = False,
-                 checked: Mapping[bool, Counter] | None = None) -> None:
+    def __init__(
+        self,
+        secret: str | None,
+        ttl: int,
+        cache_ttl: float,
+        *,
+        cookie_secure: bool = False,
+        checked: Mapping[bool, Counter] | None = None,
+    ) -> None:
         self.sealer = Sealer(secret, ttl)
         self.cache = VerifiedTokens(cache_ttl)
         self.cookie_secure = cookie_secure
@@ -258,8 +276,9 @@ class Sessions:
         if session is None:
             return None  # forged, expired or junk: cheap to refuse again
         mark = self.cache.mark()
-        current = await db_sessions.is_current(pool, session.user_id, session.generation,
-                                               session.session_id)
+        current = await db_sessions.is_current(
+            pool, session.user_id, session.generation, session.session_id
+        )
         result = session if current else None
         self.cache.put(token, session.user_id, result, mark)
         if self._checked is not None:
@@ -279,8 +298,9 @@ class Sessions:
 class RevocationListener:
     """LISTEN for ended sessions; the cache works only while this connection lives."""
 
-    def __init__(self, dsn: str, cache: VerifiedTokens, *, timeout: float = 5.0,
-                 check_interval: float = 5.0) -> None:
+    def __init__(
+        self, dsn: str, cache: VerifiedTokens, *, timeout: float = 5.0, check_interval: float = 5.0
+    ) -> None:
         self._dsn = dsn
         self._cache = cache
         self._timeout = timeout
@@ -293,10 +313,11 @@ class RevocationListener:
         while True:
             try:
                 conn = await asyncpg.connect(
-                    self._dsn, timeout=self._timeout,
-                    server_settings={"application_name": "gophermart-api-sessions"})
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                    TimeoutError) as exc:
+                    self._dsn,
+                    timeout=self._timeout,
+                    server_settings={"application_name": "gophermart-api-sessions"},
+                )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("cannot connect to listen for ended sessions", error=repr(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -304,8 +325,7 @@ class RevocationListener:
             backoff = 0.1
             try:
                 await self._listen(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                    TimeoutError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("session listen connection lost", error=repr(exc))
             finally:
                 self._cache.listening = False

@@ -65,8 +65,7 @@ def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     ``os.cpu_count()`` is the machine's count: in a container limited to 2 CPUs
     on a 64-core node it would start 64 processes.
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
         quota, period = (cgroup / "cpu.max").read_text().split()
         if quota != "max":
@@ -86,7 +85,8 @@ def process_count(settings: ApiSettings) -> int:
         raise SystemExit(
             f"API_PROCESSES={settings.api_processes} exceeds DB_POOL_MAX="
             f"{settings.db_pool_max}: every process needs at least one connection "
-            "(DB_POOL_MAX is the total for the whole API)")
+            "(DB_POOL_MAX is the total for the whole API)"
+        )
     return settings.api_processes
 
 
@@ -99,12 +99,19 @@ def child_budgets(settings: ApiSettings, processes: int) -> list[dict[str, str]]
     """Each child's pool and hashing settings, so the totals stay as configured."""
     hashes = settings.hash_concurrency or max(1, usable_cpus() - 1)
     budgets = []
-    for pool_max, pool_min, hash_share in zip(shares(settings.db_pool_max, processes),
-                                              shares(settings.db_pool_min, processes),
-                                              shares(hashes, processes), strict=True):
-        budgets.append({"DB_POOL_MAX": str(pool_max),
-                        "DB_POOL_MIN": str(min(pool_min, pool_max)),
-                        "HASH_CONCURRENCY": str(max(1, hash_share))})
+    for pool_max, pool_min, hash_share in zip(
+        shares(settings.db_pool_max, processes),
+        shares(settings.db_pool_min, processes),
+        shares(hashes, processes),
+        strict=True,
+    ):
+        budgets.append(
+            {
+                "DB_POOL_MAX": str(pool_max),
+                "DB_POOL_MIN": str(min(pool_min, pool_max)),
+                "HASH_CONCURRENCY": str(max(1, hash_share)),
+            }
+        )
     return budgets
 
 
@@ -112,7 +119,8 @@ def reserve_port(host: str, port: int) -> socket.socket:
     """A bound, never-listening SO_REUSEPORT socket: fixes port 0 to one number for
     every child and keeps the port ours while children restart."""
     family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -141,8 +149,9 @@ class Supervisor:
         self._exits: deque[float] = deque()
 
     def _spawn(self, slot: int, env: dict[str, str], pipe: int) -> _Child:
-        process = subprocess.Popen([sys.executable, "-m", "api"], env=env, pass_fds=(pipe,),
-                                   start_new_session=True)  # our signals alone reach it
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api"], env=env, pass_fds=(pipe,), start_new_session=True
+        )  # our signals alone reach it
         log.info("api process started", process=f"api-{slot}", child_pid=process.pid)
         return _Child(slot, process)
 
@@ -163,16 +172,28 @@ class Supervisor:
         if not self.settings.session_secret:
             # One random secret for all: each child making its own would refuse
             # the tokens its siblings hand out.
-            log.warning("SESSION_SECRET is not set: using a random secret; every login "
-                        "ends when the API stops and other replicas will not accept its "
-                        "tokens")
+            log.warning(
+                "SESSION_SECRET is not set: using a random secret; every login "
+                "ends when the API stops and other replicas will not accept its "
+                "tokens"
+            )
             secret["SESSION_SECRET"] = secrets.token_urlsafe(32)
-        base = {**os.environ, **to_environ(self.settings), **secret, "API_PROCESSES": "1",
-                "RUN_ADDRESS": _address(host, port), PARENT_PIPE_ENV: str(read_end),
-                METRICS_DIR_ENV: metrics_dir}
+        base = {
+            **os.environ,
+            **to_environ(self.settings),
+            **secret,
+            "API_PROCESSES": "1",
+            "RUN_ADDRESS": _address(host, port),
+            PARENT_PIPE_ENV: str(read_end),
+            METRICS_DIR_ENV: metrics_dir,
+        }
         envs = [base | budget for budget in child_budgets(self.settings, self.processes)]
-        log.info("starting", address=_address(host, port), processes=self.processes,
-                 db_pool_max=self.settings.db_pool_max)
+        log.info(
+            "starting",
+            address=_address(host, port),
+            processes=self.processes,
+            db_pool_max=self.settings.db_pool_max,
+        )
         children: list[_Child] = []
         failed = False
         try:
@@ -182,11 +203,18 @@ class Supervisor:
                     code = child.process.poll()
                     if code is None or self.stopping.is_set():
                         continue
-                    log.error("an API process exited", process=f"api-{child.slot}",
-                              child_pid=child.process.pid, code=code)
+                    log.error(
+                        "an API process exited",
+                        process=f"api-{child.slot}",
+                        child_pid=child.process.pid,
+                        code=code,
+                    )
                     if self._too_many_exits():
-                        log.error("API processes keep exiting; stopping them all",
-                                  limit=RESTART_LIMIT, window_s=RESTART_WINDOW)
+                        log.error(
+                            "API processes keep exiting; stopping them all",
+                            limit=RESTART_LIMIT,
+                            window_s=RESTART_WINDOW,
+                        )
                         failed = True
                         self.stopping.set()
                         break

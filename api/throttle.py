@@ -59,8 +59,11 @@ class ClientAddress:
     """The client's address key (address_key): the TCP peer's, or a trusted proxy's word."""
 
     def __init__(self, trusted_proxies: str) -> None:
-        self._trusted = {str(ipaddress.ip_address(item.strip()))
-                         for item in trusted_proxies.split(",") if item.strip()}
+        self._trusted = {
+            str(ipaddress.ip_address(item.strip()))
+            for item in trusted_proxies.split(",")
+            if item.strip()
+        }
 
     def __call__(self, request: web.Request) -> str:
         peer = request.remote or ""
@@ -85,25 +88,30 @@ class Throttle:
         # flood of writes on one row).
         self._closed: dict[str, float] = {}
 
-    def login_attempt(self, pool: asyncpg.Pool, request: web.Request,
-                      login: str) -> contextlib.AbstractAsyncContextManager["LoginAttempt"]:
+    def login_attempt(
+        self, pool: asyncpg.Pool, request: web.Request, login: str
+    ) -> contextlib.AbstractAsyncContextManager["LoginAttempt"]:
         """Reserve one attempt at ``login`` (429 when none is left); settled on exit."""
-        return self._attempt(pool, request, login,
-                             "too many failed logins; try again later")
+        return self._attempt(pool, request, login, "too many failed logins; try again later")
 
     def password_change_attempt(
-            self, pool: asyncpg.Pool, request: web.Request,
-            user_id: int) -> contextlib.AbstractAsyncContextManager["LoginAttempt"]:
+        self, pool: asyncpg.Pool, request: web.Request, user_id: int
+    ) -> contextlib.AbstractAsyncContextManager["LoginAttempt"]:
         """The same for a customer's guesses at their current password.
 
         Logins never contain control characters, so this key is never a login's.
         """
-        return self._attempt(pool, request, f"\x1fpassword-change {user_id}",
-                             "too many wrong passwords; try again later")
+        return self._attempt(
+            pool,
+            request,
+            f"\x1fpassword-change {user_id}",
+            "too many wrong passwords; try again later",
+        )
 
     @contextlib.asynccontextmanager
-    async def _attempt(self, pool: asyncpg.Pool, request: web.Request, login: str,
-                       refusal: str) -> AsyncIterator["LoginAttempt"]:
+    async def _attempt(
+        self, pool: asyncpg.Pool, request: web.Request, login: str, refusal: str
+    ) -> AsyncIterator["LoginAttempt"]:
         settings = self._settings
         attempt = LoginAttempt()
         if settings.login_max_failures <= 0:
@@ -111,10 +119,14 @@ class Throttle:
             return
         address = self.client_address(request)
         wait = await throttle.reserve_login(
-            pool, login, address, pair_limit=settings.login_max_failures,
+            pool,
+            login,
+            address,
+            pair_limit=settings.login_max_failures,
             login_limit=settings.login_max_failures_per_login,
             free_failures=min(FREE_FAILURES, settings.login_max_failures),
-            window=settings.login_window)
+            window=settings.login_window,
+        )
         if wait is not None:
             log.info("login throttled", retry_after=round(wait, 1))
             await asyncio.sleep(REFUSAL_PAUSE)
@@ -123,8 +135,7 @@ class Throttle:
             yield attempt
         except BaseException:
             if not attempt.verified:  # hashing busy, database gone: it did not count
-                await asyncio.shield(
-                    throttle.refund_login(pool, login, address, succeeded=False))
+                await asyncio.shield(throttle.refund_login(pool, login, address, succeeded=False))
             raise
         if attempt.succeeded:
             await throttle.refund_login(pool, login, address, succeeded=True)
@@ -142,8 +153,9 @@ class Throttle:
         if until is not None and until > now:
             wait: float | None = until - now
         else:
-            wait = await throttle.hit(pool, key, settings.register_max_per_address,
-                                      settings.register_window)
+            wait = await throttle.hit(
+                pool, key, settings.register_max_per_address, settings.register_window
+            )
             if wait is not None:
                 if len(self._closed) >= MAX_REMEMBERED:
                     self._closed = {k: t for k, t in self._closed.items() if t > now}
@@ -151,8 +163,9 @@ class Throttle:
                     self._closed[key] = now + wait
         if wait is not None:
             await asyncio.sleep(REFUSAL_PAUSE)
-            raise ApiError(429, "too many registrations from this address; try again later",
-                           retry_after(wait))
+            raise ApiError(
+                429, "too many registrations from this address; try again later", retry_after(wait)
+            )
 
 
 class LoginAttempt:

@@ -37,10 +37,12 @@ async def _hashing() -> AsyncIterator[None]:
         log.info("hashing busy", per_address=exc.per_address)
         await asyncio.sleep(REFUSAL_PAUSE)
         if exc.per_address:
-            raise ApiError(429, "too many password checks from this address at once",
-                           {"Retry-After": "1"}) from exc
-        raise ApiError(503, "too many password checks waiting; try again shortly",
-                       {"Retry-After": "1"}) from exc
+            raise ApiError(
+                429, "too many password checks from this address at once", {"Retry-After": "1"}
+            ) from exc
+        raise ApiError(
+            503, "too many password checks waiting; try again shortly", {"Retry-After": "1"}
+        ) from exc
 
 
 async def register(request: web.Request) -> web.StreamResponse:
@@ -49,7 +51,8 @@ async def register(request: web.Request) -> web.StreamResponse:
     await throttle.registration(request.app[POOL], request)
     async with _hashing():
         password_hash = await request.app[PASSWORDS].hash(
-            password, throttle.client_address(request))
+            password, throttle.client_address(request)
+        )
     user_id = await users.register(request.app[POOL], login, password_hash)
     if user_id is None:
         raise ApiError(409, "login is already taken")
@@ -67,7 +70,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         found = await users.credentials(pool, login)
         async with _hashing():
             ok = await request.app[PASSWORDS].verify(
-                found[1] if found else None, password, throttle.client_address(request))
+                found[1] if found else None, password, throttle.client_address(request)
+            )
         attempt.verified = True
         if not ok or found is None:
             log.info("login failed")
@@ -103,8 +107,9 @@ async def change_password(request: web.Request, session: Session) -> web.StreamR
     # Guesses at the current password, by whoever holds the token, are
     # throttled like logins: per customer and address, fleet-wide.
     async with throttle.password_change_attempt(pool, request, session.user_id) as attempt:
-        current_hash = await db_sessions.password_hash(pool, session.user_id,
-                                                       session.generation, session.session_id)
+        current_hash = await db_sessions.password_hash(
+            pool, session.user_id, session.generation, session.session_id
+        )
         if current_hash is None:
             raise ended
         async with _hashing():
@@ -117,7 +122,8 @@ async def change_password(request: web.Request, session: Session) -> web.StreamR
     async with _hashing():
         new_hash = await passwords.hash(new, address)
     generation = await db_sessions.change_password(
-        pool, session.user_id, session.generation, session.session_id, new_hash)
+        pool, session.user_id, session.generation, session.session_id, new_hash
+    )
     if generation is None:  # another change or a logout of this session committed first
         raise ended
     request.app[SESSIONS].ended_for(session.user_id)

@@ -38,22 +38,36 @@ def _memory_rows(ctx: Ctx) -> list[Row]:
         if mib is None:
             continue
         mb = mib * 1024 * 1024 / 1e6
-        rows.append(Row(f"peak RSS of one {what} process under the load above (VmHWM)",
-                        f"{mb:.0f} MB", target=f"≤ {RSS_LIMIT_MB:.0f} MB",
-                        passed=mb <= RSS_LIMIT_MB))
+        rows.append(
+            Row(
+                f"peak RSS of one {what} process under the load above (VmHWM)",
+                f"{mb:.0f} MB",
+                target=f"≤ {RSS_LIMIT_MB:.0f} MB",
+                passed=mb <= RSS_LIMIT_MB,
+            )
+        )
     return rows
 
 
 def _machine(stack: Stack, wrk_bin: str) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
-    pg = subprocess.run([str(stack.pg.bindir / "postgres"), "--version"], capture_output=True,
-                        text=True).stdout.strip()
-    wrk_version = subprocess.run([wrk_bin, "-v"], capture_output=True,
-                                 text=True).stdout.splitlines()[0:1]
-    return (f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {pg}, "
-            f"{' '.join(wrk_version).split(' Copyright')[0]}")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    pg = subprocess.run(
+        [str(stack.pg.bindir / "postgres"), "--version"], capture_output=True, text=True
+    ).stdout.strip()
+    wrk_version = subprocess.run(
+        [wrk_bin, "-v"], capture_output=True, text=True
+    ).stdout.splitlines()[0:1]
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {pg}, "
+        f"{' '.join(wrk_version).split(' Copyright')[0]}"
+    )
 
 
 async def _run(ctx: Ctx) -> list[Row]:
@@ -71,11 +85,18 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true",
-                        help="every figure for a few seconds (checks the harness, not speed)")
-    parser.add_argument("--results", type=Path, default=None,
-                        help="markdown file to write (default bench/RESULTS.md, "
-                             "or bench/out/smoke.md with --smoke)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every figure for a few seconds (checks the harness, not speed)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="markdown file to write (default bench/RESULTS.md, "
+        "or bench/out/smoke.md with --smoke)",
+    )
     args = parser.parse_args(argv)
     plan: Plan = SMOKE if args.smoke else FULL
     results = args.results or (HERE / "out" / "smoke.md" if args.smoke else HERE / "RESULTS.md")
@@ -97,19 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
 
     command = "make bench-smoke" if args.smoke else "make bench"
-    text = "\n".join([
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `{command}` "
-        f"(`python -m bench{' --smoke' if args.smoke else ''}`), {plan.name} plan, "
-        f"{elapsed:.0f} s.",
-        "",
-        f"Machine: {machine}. Load generators (wrk -t1 -c{plan.connections}, pgbench -j1 "
-        f"-c{ApiSettings.db_pool_max} = the API's pool) share these cores with the servers "
-        "and PostgreSQL; PostgreSQL runs with fsync, synchronous_commit and full_page_writes off "
-        "(`LocalPostgres(fast=True)`).",
-        "",
-        table(rows),
-        "",
-    ])
+    text = "\n".join(
+        [
+            f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `{command}` "
+            f"(`python -m bench{' --smoke' if args.smoke else ''}`), {plan.name} plan, "
+            f"{elapsed:.0f} s.",
+            "",
+            f"Machine: {machine}. Load generators (wrk -t1 -c{plan.connections}, pgbench -j1 "
+            f"-c{ApiSettings.db_pool_max} = the API's pool) share these cores with the servers "
+            "and PostgreSQL; PostgreSQL runs with fsync, synchronous_commit and "
+            "full_page_writes off (`LocalPostgres(fast=True)`).",
+            "",
+            table(rows),
+            "",
+        ]
+    )
     print(text)
     update_results(results, text) if not args.smoke else results.write_text(text)
     failed = [r.figure for r in rows if r.problem]

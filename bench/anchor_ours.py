@@ -34,8 +34,9 @@ _RESULT = """SELECT count(*), extract(epoch FROM max(created_at) - $1)::float8
 class StubClient:
     """Answers PROCESSED at once, without a network round trip."""
 
-    async def ask(self, number: str, *, deadline: float,
-                  log: structlog.typing.FilteringBoundLogger) -> Answer:
+    async def ask(
+        self, number: str, *, deadline: float, log: structlog.typing.FilteringBoundLogger
+    ) -> Answer:
         return ANSWER
 
 
@@ -43,14 +44,24 @@ async def main(dsn: str, jobs: int, batch: int) -> None:
     conn = await asyncpg.connect(dsn, server_settings={"search_path": "gophermart"})
     try:
         user = await conn.fetchval(
-            "INSERT INTO users (login, password_hash) VALUES ('anchor', 'x') RETURNING id")
+            "INSERT INTO users (login, password_hash) VALUES ('anchor', 'x') RETURNING id"
+        )
         await conn.execute("INSERT INTO balances (user_id) VALUES ($1)", user)
-        await conn.execute("INSERT INTO orders (number, user_id)"
-                           " SELECT 'a' || g, $1 FROM generate_series(1, $2) g", user, jobs)
+        await conn.execute(
+            "INSERT INTO orders (number, user_id)"
+            " SELECT 'a' || g, $1 FROM generate_series(1, $2) g",
+            user,
+            jobs,
+        )
         pool = await create_pool(dsn)
         stats = WorkerStats()
-        worker = Worker(pool, cast(AccrualClient, StubClient()), Gate(pool, stats), stats,
-                        LoopConfig(batch_size=batch))
+        worker = Worker(
+            pool,
+            cast(AccrualClient, StubClient()),
+            Gate(pool, stats),
+            stats,
+            LoopConfig(batch_size=batch),
+        )
         started = await conn.fetchval("SELECT clock_timestamp()")
         running = asyncio.create_task(worker.run())
         deadline = time.monotonic() + 120

@@ -36,8 +36,9 @@ async def main(dsn: str, jobs: int, batch: int) -> None:
         pass
 
     started = await conn.fetchval("SELECT clock_timestamp()")
-    await manager.run(batch_size=batch, mode=QueueExecutionMode.drain,
-                      dequeue_timeout=timedelta(seconds=0.1))
+    await manager.run(
+        batch_size=batch, mode=QueueExecutionMode.drain, dequeue_timeout=timedelta(seconds=0.1)
+    )
     row = await conn.fetchrow(_RESULT, started)
     assert row is not None
     await conn.close()

@@ -39,31 +39,45 @@ async def run(ctx: Ctx) -> list[Row]:
     quiet = list(numbers("61", plan.fair_orders))
     flooded = list(numbers("62", plan.fair_orders))
     sim = ctx.stack.simulator(
-        "sim-fair", "--delay", "0", "--rate-limit", str(LIMIT_PER_SECOND), "--rate-window", "1",
-        "--seed-file", str(seed_file(ctx.work_dir / "seed-fair.json", quiet, flooded)))
+        "sim-fair",
+        "--delay",
+        "0",
+        "--rate-limit",
+        str(LIMIT_PER_SECOND),
+        "--rate-window",
+        "1",
+        "--seed-file",
+        str(seed_file(ctx.work_dir / "seed-fair.json", quiet, flooded)),
+    )
     try:
         base = _Outcome([], None)
         if plan.fair_baseline:  # (the smoke run skips it: the same code without the flood)
             base, _ = await _scenario(ctx, sim, "bench_fair_quiet", quiet, flood=0)
-        loaded, stats = await _scenario(ctx, sim, "bench_fair_flood", flooded,
-                                        flood=plan.fair_flood)
+        loaded, stats = await _scenario(
+            ctx, sim, "bench_fair_flood", flooded, flood=plan.fair_flood
+        )
     finally:
         ctx.stack.stop(sim)
     problems = [p for p in (base.problem, loaded.problem) if p]
     p50, p99 = quantile(loaded.latencies, 0.5), quantile(loaded.latencies, 0.99)
     b50, b99 = quantile(base.latencies, 0.5), quantile(base.latencies, 0.99)
-    return [Row(
-        f"fairness: another user's known order upload -> PROCESSED while one user holds "
-        f"{plan.fair_flood:,} unknown orders (accrual limited to {LIMIT_PER_SECOND} req/s, "
-        f"2 workers, {len(flooded)} uploads at {plan.fair_rate:g}/s)",
-        f"p50 {ms(p50 * 1000)}, p99 {ms(p99 * 1000)}; the simulator answered "
-        f"{stats.get('answered', 0) / max(stats.get('seconds', 1), 1e-9):.1f} req/s "
-        f"and refused {stats.get('too_many_requests', 0)}",
-        baseline=f"no flood: p50 {ms(b50 * 1000)}, p99 {ms(b99 * 1000)}"
-        if base.latencies else "—",
-        ratio=f"p99 {p99 / b99:.1f}x" if base.latencies and b99 else "—",
-        target="p99 ≤ 5 s", passed=p99 <= 5.0,
-        problem="; ".join(problems) or None)]
+    return [
+        Row(
+            f"fairness: another user's known order upload -> PROCESSED while one user holds "
+            f"{plan.fair_flood:,} unknown orders (accrual limited to {LIMIT_PER_SECOND} req/s, "
+            f"2 workers, {len(flooded)} uploads at {plan.fair_rate:g}/s)",
+            f"p50 {ms(p50 * 1000)}, p99 {ms(p99 * 1000)}; the simulator answered "
+            f"{stats.get('answered', 0) / max(stats.get('seconds', 1), 1e-9):.1f} req/s "
+            f"and refused {stats.get('too_many_requests', 0)}",
+            baseline=f"no flood: p50 {ms(b50 * 1000)}, p99 {ms(b99 * 1000)}"
+            if base.latencies
+            else "—",
+            ratio=f"p99 {p99 / b99:.1f}x" if base.latencies and b99 else "—",
+            target="p99 ≤ 5 s",
+            passed=p99 <= 5.0,
+            problem="; ".join(problems) or None,
+        )
+    ]
 
 
 class _Outcome:
@@ -72,8 +86,9 @@ class _Outcome:
         self.problem = problem
 
 
-async def _scenario(ctx: Ctx, sim: Proc, name: str, batch: list[str],
-                    flood: int) -> tuple[_Outcome, dict[str, Any]]:
+async def _scenario(
+    ctx: Ctx, sim: Proc, name: str, batch: list[str], flood: int
+) -> tuple[_Outcome, dict[str, Any]]:
     plan = ctx.plan
     dsn = await ctx.stack.database(name)
     api = ctx.stack.api(f"api-{name}", dsn)
@@ -99,9 +114,11 @@ async def _scenario(ctx: Ctx, sim: Proc, name: str, batch: list[str],
         tasks = []
 
         async def upload(number: str) -> None:
-            async with session.post(url(api) + "/api/user/orders", data=number,
-                                    headers={"Content-Type": "text/plain",
-                                             "Authorization": user.token}) as resp:
+            async with session.post(
+                url(api) + "/api/user/orders",
+                data=number,
+                headers={"Content-Type": "text/plain", "Authorization": user.token},
+            ) as resp:
                 statuses.append(resp.status)
 
         for i, number in enumerate(batch):  # a fixed schedule, not a closed loop

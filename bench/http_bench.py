@@ -22,8 +22,7 @@ CREDENTIALS_SQL = users._CREDENTIALS
 
 def first_page(sql: str) -> str:
     """A page statement reading from the start of the list, as a list request does."""
-    return sql.replace("$2", f"'{START.at.isoformat()}'::timestamptz").replace(
-        "$3", str(START.id))
+    return sql.replace("$2", f"'{START.at.isoformat()}'::timestamptz").replace("$3", str(START.id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +37,36 @@ class Endpoint:
 
 
 ENDPOINTS = (
-    Endpoint("GET /api/user/balance", "/api/user/balance", "get_token", 200, balance._BALANCE,
-             target_vs_hello=0.25),
-    Endpoint("GET /api/user/orders (100 orders)", "/api/user/orders", "get_token", 200,
-             first_page(orders._LIST)),
-    Endpoint("POST /api/user/orders (fresh numbers)", "/api/user/orders", "upload", 202,
-             orders._UPLOAD, target_vs_pgbench=0.50),
-    Endpoint("POST /api/user/balance/withdraw (0.01)", "/api/user/balance/withdraw",
-             "withdraw", 200, balance._WITHDRAW),
+    Endpoint(
+        "GET /api/user/balance",
+        "/api/user/balance",
+        "get_token",
+        200,
+        balance._BALANCE,
+        target_vs_hello=0.25,
+    ),
+    Endpoint(
+        "GET /api/user/orders (100 orders)",
+        "/api/user/orders",
+        "get_token",
+        200,
+        first_page(orders._LIST),
+    ),
+    Endpoint(
+        "POST /api/user/orders (fresh numbers)",
+        "/api/user/orders",
+        "upload",
+        202,
+        orders._UPLOAD,
+        target_vs_pgbench=0.50,
+    ),
+    Endpoint(
+        "POST /api/user/balance/withdraw (0.01)",
+        "/api/user/balance/withdraw",
+        "withdraw",
+        200,
+        balance._WITHDRAW,
+    ),
     Endpoint("POST /api/user/login", "/api/user/login", "login", 200, CREDENTIALS_SQL),
 )
 
@@ -65,8 +86,9 @@ async def run(ctx: Ctx) -> list[Row]:
     try:
         users = await seed.with_ids(conn, users)
         [lister] = await seed.with_ids(conn, [lister])
-        await seed.add_orders(conn, lister.id, list(numbers("31", plan.list_orders)),
-                              processed_every=3)
+        await seed.add_orders(
+            conn, lister.id, list(numbers("31", plan.list_orders)), processed_every=3
+        )
         await seed.fund(conn, [u.id for u in users], Decimal(10**12))
     finally:
         await conn.close()
@@ -85,22 +107,38 @@ async def run(ctx: Ctx) -> list[Row]:
         "withdraw": {1: uid, 2: "random(1000000000000000, 1999999999999999)", 3: "0.01"},
         "login": {1: f"random({seed.LOGIN_BASE + 1}, {seed.LOGIN_BASE + plan.users})"},
     }
-    script_args = {"/api/user/balance": (str(tokens),), "/api/user/orders": (str(lister_token),),
-                   "upload": (str(tokens), "71"), "withdraw": (str(tokens), "72"),
-                   "login": (str(creds),)}
+    script_args = {
+        "/api/user/balance": (str(tokens),),
+        "/api/user/orders": (str(lister_token),),
+        "upload": (str(tokens), "71"),
+        "withdraw": (str(tokens), "72"),
+        "login": (str(creds),),
+    }
 
     hello = await _hello(ctx)
-    rows = [Row("aiohttp hello world (uvloop, no access log): the framework's ceiling",
-                _figure(hello), problem=hello.problem)]
+    rows = [
+        Row(
+            "aiohttp hello world (uvloop, no access log): the framework's ceiling",
+            _figure(hello),
+            problem=hello.problem,
+        )
+    ]
     pool_size = ApiSettings.db_pool_max
     for ep in ENDPOINTS:
         key = ep.method_path if ep.script == "get_token" else ep.script
-        result = await wrk.run(ctx.wrk, base + ep.method_path, wrk.script(ep.script, work),
-                               seconds=plan.wrk_seconds, connections=plan.connections,
-                               expected=ep.expected, args=script_args[key])
+        result = await wrk.run(
+            ctx.wrk,
+            base + ep.method_path,
+            wrk.script(ep.script, work),
+            seconds=plan.wrk_seconds,
+            connections=plan.connections,
+            expected=ep.expected,
+            args=script_args[key],
+        )
         script = pgbench.write_script(work / f"{ep.script}-{len(rows)}.sql", ep.sql, draws[key])
-        db = await pgbench.run(ctx.pgbench, dsn, script, clients=pool_size,
-                               seconds=plan.pgbench_seconds)
+        db = await pgbench.run(
+            ctx.pgbench, dsn, script, clients=pool_size, seconds=plan.pgbench_seconds
+        )
         rows.append(_endpoint_row(ep, result, hello, db, pool_size))
     rows.append(await _login_storm(ctx, base, tokens, creds))
     rows.append(await _registration_flood(ctx, base, creds))
@@ -109,8 +147,13 @@ async def run(ctx: Ctx) -> list[Row]:
     return rows
 
 
-def _endpoint_row(ep: Endpoint, result: wrk.WrkResult, hello: wrk.WrkResult,
-                  db: pgbench.PgbenchResult, pool_size: int) -> Row:
+def _endpoint_row(
+    ep: Endpoint,
+    result: wrk.WrkResult,
+    hello: wrk.WrkResult,
+    db: pgbench.PgbenchResult,
+    pool_size: int,
+) -> Row:
     of_hello, of_db = result.rps / hello.rps, result.rps / db.tps
     targets, passed = [], []
     if ep.target_vs_hello is not None:
@@ -120,23 +163,31 @@ def _endpoint_row(ep: Endpoint, result: wrk.WrkResult, hello: wrk.WrkResult,
         targets.append(f"≥ {ep.target_vs_pgbench:.0%} of pgbench")
         passed.append(of_db >= ep.target_vs_pgbench)
     return Row(
-        ep.figure, _figure(result),
+        ep.figure,
+        _figure(result),
         baseline=f"hello {rate(hello.rps, 'req/s')}; pgbench same SQL "
-                 f"{rate(db.tps, 'tps')} ({pool_size} clients)",
+        f"{rate(db.tps, 'tps')} ({pool_size} clients)",
         ratio=f"{pct(result.rps, hello.rps)} of hello; {pct(result.rps, db.tps)} of pgbench",
         target="; ".join(targets) or "—",
         passed=all(passed) if passed else None,
-        problem=result.problem)
+        problem=result.problem,
+    )
 
 
 async def _hello(ctx: Ctx) -> wrk.WrkResult:
     port = free_port()
-    hello = ctx.stack.start(Proc.python("hello", "bench.hello", ctx.stack.log_dir,
-                                        args=(str(port),), port=port))
+    hello = ctx.stack.start(
+        Proc.python("hello", "bench.hello", ctx.stack.log_dir, args=(str(port),), port=port)
+    )
     try:
-        return await wrk.run(ctx.wrk, url(hello) + "/", wrk.script("hello", ctx.work_dir),
-                             seconds=ctx.plan.wrk_seconds, connections=ctx.plan.connections,
-                             expected=200)
+        return await wrk.run(
+            ctx.wrk,
+            url(hello) + "/",
+            wrk.script("hello", ctx.work_dir),
+            seconds=ctx.plan.wrk_seconds,
+            connections=ctx.plan.connections,
+            expected=200,
+        )
     finally:
         ctx.stack.stop(hello)
 
@@ -147,15 +198,30 @@ async def _login_storm(ctx: Ctx, base: str, tokens: object, creds: object) -> Ro
     probe = wrk.script("get_token", work)
 
     def balance_probe() -> "asyncio.Task[wrk.WrkResult]":
-        return asyncio.create_task(wrk.run(
-            ctx.wrk, base + "/api/user/balance", probe, seconds=plan.wrk_seconds,
-            connections=plan.storm_probe_connections, expected=200, args=(str(tokens),)))
+        return asyncio.create_task(
+            wrk.run(
+                ctx.wrk,
+                base + "/api/user/balance",
+                probe,
+                seconds=plan.wrk_seconds,
+                connections=plan.storm_probe_connections,
+                expected=200,
+                args=(str(tokens),),
+            )
+        )
 
     quiet = await balance_probe()
-    storm = asyncio.create_task(wrk.run(
-        ctx.wrk, base + "/api/user/login", wrk.script("login", work),
-        seconds=plan.wrk_seconds + 1, connections=plan.storm_connections, expected=200,
-        args=(str(creds),)))
+    storm = asyncio.create_task(
+        wrk.run(
+            ctx.wrk,
+            base + "/api/user/login",
+            wrk.script("login", work),
+            seconds=plan.wrk_seconds + 1,
+            connections=plan.storm_connections,
+            expected=200,
+            args=(str(creds),),
+        )
+    )
     await asyncio.sleep(0.5)  # the storm is raging before the probe starts
     loud = await balance_probe()
     logins = await storm
@@ -164,11 +230,13 @@ async def _login_storm(ctx: Ctx, base: str, tokens: object, creds: object) -> Ro
     return Row(
         f"GET /api/user/balance p99 during a login storm ({plan.storm_connections} clients "
         f"logging in, {plan.storm_probe_connections} reading)",
-        f"p99 {ms(loud.p99_ms)} ({rate(loud.rps, 'req/s')}; logins "
-        f"{rate(logins.rps, 'req/s')})",
+        f"p99 {ms(loud.p99_ms)} ({rate(loud.rps, 'req/s')}; logins {rate(logins.rps, 'req/s')})",
         baseline=f"quiet p99 {ms(quiet.p99_ms)} ({rate(quiet.rps, 'req/s')})",
-        ratio=f"{ratio:.1f}x quiet p99", target="≤ 3x quiet p99", passed=ratio <= 3.0,
-        problem="; ".join(problems) or None)
+        ratio=f"{ratio:.1f}x quiet p99",
+        target="≤ 3x quiet p99",
+        passed=ratio <= 3.0,
+        problem="; ".join(problems) or None,
+    )
 
 
 # Registration answers a flood may get besides 200: the hashing queue's
@@ -187,26 +255,51 @@ async def _registration_flood(ctx: Ctx, base: str, creds: object) -> Row:
     login = wrk.script("login", work)
 
     def login_probe() -> "asyncio.Task[wrk.WrkResult]":
-        return asyncio.create_task(wrk.run(
-            ctx.wrk, base + "/api/user/login", login, seconds=plan.wrk_seconds,
-            connections=plan.storm_probe_connections, expected=200, args=(str(creds),)))
+        return asyncio.create_task(
+            wrk.run(
+                ctx.wrk,
+                base + "/api/user/login",
+                login,
+                seconds=plan.wrk_seconds,
+                connections=plan.storm_probe_connections,
+                expected=200,
+                args=(str(creds),),
+            )
+        )
 
     quiet = await login_probe()
-    flood = asyncio.create_task(wrk.run(
-        ctx.wrk, base + "/api/user/register", wrk.script("register", work),
-        seconds=plan.wrk_seconds + 1, connections=plan.storm_connections, expected=200,
-        args=("", "9")))
+    flood = asyncio.create_task(
+        wrk.run(
+            ctx.wrk,
+            base + "/api/user/register",
+            wrk.script("register", work),
+            seconds=plan.wrk_seconds + 1,
+            connections=plan.storm_connections,
+            expected=200,
+            args=("", "9"),
+        )
+    )
     await asyncio.sleep(0.5)  # the flood is on before the probe starts
     loud = await login_probe()
     registrations = await flood
     ratio = loud.p99_ms / quiet.p99_ms if quiet.p99_ms else float("inf")
     refused = sum(n for code, n in registrations.statuses.items() if code in _FLOOD_REFUSALS)
     done = registrations.statuses.get(200, 0)
-    flood_problem = ", ".join(
-        [f"{n}x{code}" for code, n in sorted(registrations.unexpected.items())
-         if code not in _FLOOD_REFUSALS]
-        + ([f"{registrations.socket_errors} socket errors"] if registrations.socket_errors
-           else [])) or None
+    flood_problem = (
+        ", ".join(
+            [
+                f"{n}x{code}"
+                for code, n in sorted(registrations.unexpected.items())
+                if code not in _FLOOD_REFUSALS
+            ]
+            + (
+                [f"{registrations.socket_errors} socket errors"]
+                if registrations.socket_errors
+                else []
+            )
+        )
+        or None
+    )
     problems = [p for p in (quiet.problem, loud.problem, flood_problem) if p]
     return Row(
         f"POST /api/user/login p99 during a registration flood ({plan.storm_connections} "
@@ -215,5 +308,8 @@ async def _registration_flood(ctx: Ctx, base: str, creds: object) -> Row:
         f"{done / registrations.seconds:.0f}/s done, {refused / registrations.seconds:.0f}/s "
         f"refused 503)",
         baseline=f"quiet p99 {ms(quiet.p99_ms)} ({rate(quiet.rps, 'req/s')})",
-        ratio=f"{ratio:.1f}x quiet p99", target="≤ 3x quiet p99", passed=ratio <= 3.0,
-        problem="; ".join(problems) or None)
+        ratio=f"{ratio:.1f}x quiet p99",
+        target="≤ 3x quiet p99",
+        passed=ratio <= 3.0,
+        problem="; ".join(problems) or None,
+    )

@@ -37,13 +37,15 @@ async def run(ctx: Ctx) -> list[Row]:
     api = stack.api("api-overload", dsn)
     base = url(api)
     readers = await seed.register(
-        base, [f"reader-{i}" for i in range(plan.storm_probe_connections)])
+        base, [f"reader-{i}" for i in range(plan.storm_probe_connections)]
+    )
     [hoarder] = await seed.register(base, ["hoarder"])
     conn = await asyncpg.connect(dsn, server_settings={"search_path": SCHEMA})
     try:
         [hoarder] = await seed.with_ids(conn, [hoarder])
-        await seed.add_orders(conn, hoarder.id, list(numbers("41", plan.hoard_orders)),
-                              processed_every=3)
+        await seed.add_orders(
+            conn, hoarder.id, list(numbers("41", plan.hoard_orders)), processed_every=3
+        )
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
@@ -52,14 +54,30 @@ async def run(ctx: Ctx) -> list[Row]:
     probe = wrk.script("get_token", work)
 
     def balance_probe() -> "asyncio.Task[wrk.WrkResult]":
-        return asyncio.create_task(wrk.run(
-            ctx.wrk, base + "/api/user/balance", probe, seconds=plan.wrk_seconds,
-            connections=plan.storm_probe_connections, expected=200, args=(str(tokens),)))
+        return asyncio.create_task(
+            wrk.run(
+                ctx.wrk,
+                base + "/api/user/balance",
+                probe,
+                seconds=plan.wrk_seconds,
+                connections=plan.storm_probe_connections,
+                expected=200,
+                args=(str(tokens),),
+            )
+        )
 
     quiet = await balance_probe()
-    lists = asyncio.create_task(wrk.run(
-        ctx.wrk, base + "/api/user/orders", probe, seconds=plan.wrk_seconds + 1,
-        connections=plan.hoard_connections, expected=200, args=(str(hoarder_token),)))
+    lists = asyncio.create_task(
+        wrk.run(
+            ctx.wrk,
+            base + "/api/user/orders",
+            probe,
+            seconds=plan.wrk_seconds + 1,
+            connections=plan.hoard_connections,
+            expected=200,
+            args=(str(hoarder_token),),
+        )
+    )
     await asyncio.sleep(0.5)  # the lists are in flight before the probe starts
     loud = await balance_probe()
     listed = await lists
@@ -70,22 +88,31 @@ async def run(ctx: Ctx) -> list[Row]:
     odd = {code: n for code, n in listed.statuses.items() if code not in (200, 429)}
     list_problem = "; ".join(
         [f"{n}x{code}" for code, n in sorted(odd.items())]
-        + ([f"{listed.socket_errors} socket errors"] if listed.socket_errors else []))
+        + ([f"{listed.socket_errors} socket errors"] if listed.socket_errors else [])
+    )
     full = listed.statuses.get(200, 0) / listed.seconds
     refused = listed.statuses.get(429, 0) / listed.seconds
     problems = [p for p in (quiet.problem, loud.problem, list_problem or None) if p]
-    figure = (f"GET /api/user/balance p99 while one customer keeps {plan.hoard_connections} "
-              f"GET /api/user/orders of {plan.hoard_orders:,} orders in flight "
-              f"({plan.storm_probe_connections} other customers reading)")
+    figure = (
+        f"GET /api/user/balance p99 while one customer keeps {plan.hoard_connections} "
+        f"GET /api/user/orders of {plan.hoard_orders:,} orders in flight "
+        f"({plan.storm_probe_connections} other customers reading)"
+    )
     return [
-        Row(figure,
+        Row(
+            figure,
             f"p99 {ms(loud.p99_ms)} ({rate(loud.rps, 'req/s')}); lists: "
             f"{rate(full, 'full/s')}, {rate(refused, 'refused/s')} (429)",
             baseline=f"quiet p99 {ms(quiet.p99_ms)} ({rate(quiet.rps, 'req/s')})",
             ratio=f"{loud.p99_ms / quiet.p99_ms:.1f}x quiet p99" if quiet.p99_ms else "n/a",
-            target=f"< {BALANCE_P99_MS:.0f} ms", passed=loud.p99_ms < BALANCE_P99_MS,
-            problem="; ".join(problems) or None),
-        Row(f"peak RSS of each API process in the scenario above (VmHWM; {len(rss)} "
-            "processes)", " / ".join(f"{mb:.0f} MB" for mb in rss),
-            target=f"< {RSS_LIMIT_MB:.0f} MB each", passed=max(rss) < RSS_LIMIT_MB),
+            target=f"< {BALANCE_P99_MS:.0f} ms",
+            passed=loud.p99_ms < BALANCE_P99_MS,
+            problem="; ".join(problems) or None,
+        ),
+        Row(
+            f"peak RSS of each API process in the scenario above (VmHWM; {len(rss)} processes)",
+            " / ".join(f"{mb:.0f} MB" for mb in rss),
+            target=f"< {RSS_LIMIT_MB:.0f} MB each",
+            passed=max(rss) < RSS_LIMIT_MB,
+        ),
     ]

@@ -40,23 +40,45 @@ def write_script(path: Path, sql: str, draws: dict[int, str]) -> Path:
     return path
 
 
-async def run(binary: str, dsn: str, script: Path, *, clients: int,
-              seconds: float) -> PgbenchResult:
+async def run(
+    binary: str, dsn: str, script: Path, *, clients: int, seconds: float
+) -> PgbenchResult:
     """``clients`` connections (the API's pool size), one pgbench thread, prepared statements."""
     # The API's own session settings (search_path, enable_seqscan, jit): the same SQL
     # planned the same way.
-    env = {**os.environ,
-           "PGOPTIONS": " ".join(f"-c {k}={v}" for k, v in SERVER_SETTINGS.items()
-                                 if k != "application_name")}
-    cmd = [binary, "-n", "-M", "prepared", "-c", str(clients), "-j", "1",
-           "-T", str(max(round(seconds), 1)), "-f", str(script), dsn]
-    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "PGOPTIONS": " ".join(
+            f"-c {k}={v}" for k, v in SERVER_SETTINGS.items() if k != "application_name"
+        ),
+    }
+    cmd = [
+        binary,
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        str(clients),
+        "-j",
+        "1",
+        "-T",
+        str(max(round(seconds), 1)),
+        "-f",
+        str(script),
+        dsn,
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     out, _ = await proc.communicate()
     text = out.decode(errors="replace")
     tps, latency = _TPS.search(text), _LATENCY.search(text)
     failed = re.search(r"number of failed transactions: (\d+)", text)
-    if proc.returncode != 0 or tps is None or latency is None or (
-            failed is not None and int(failed.group(1)) > 0):
+    if (
+        proc.returncode != 0
+        or tps is None
+        or latency is None
+        or (failed is not None and int(failed.group(1)) > 0)
+    ):
         raise RuntimeError(f"pgbench failed ({proc.returncode}): {text[-800:]}")
     return PgbenchResult(float(tps.group(1)), float(latency.group(1)))

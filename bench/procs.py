@@ -33,8 +33,14 @@ def peak_rss_mib(pid: int) -> float:
 class Proc:
     """One long-running child (``python -m <module>`` or any command), logging to a file."""
 
-    def __init__(self, name: str, args: Sequence[str], log_dir: Path,
-                 env: dict[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
         self.name = name
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
@@ -43,14 +49,22 @@ class Proc:
         self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def python(cls, name: str, module: str, log_dir: Path, env: dict[str, str] | None = None,
-               args: Sequence[str] = (), port: int | None = None) -> "Proc":
+    def python(
+        cls,
+        name: str,
+        module: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+        port: int | None = None,
+    ) -> "Proc":
         return cls(name, [sys.executable, "-m", module, *args], log_dir, env, port)
 
     def start(self) -> "Proc":
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.args, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
         if self.port is not None:
             wait_for_port(self.port, self.process)
         return self
@@ -64,8 +78,11 @@ class Proc:
         """The largest peak among this process and its children (the API's processes
         run under a supervisor)."""
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        pids = [self.pid, *(int(p) for p in children.read_text().split())] \
-            if children.exists() else [self.pid]
+        pids = (
+            [self.pid, *(int(p) for p in children.read_text().split())]
+            if children.exists()
+            else [self.pid]
+        )
         return max(peak_rss_mib(pid) for pid in pids)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -44,8 +44,9 @@ _BALANCES = "INSERT INTO balances (user_id, current) SELECT id, 1000000 FROM use
 # Every 1,000th is PROCESSING and not due for a day (a small backlog in orders_due),
 # every 10th INVALID, the rest PROCESSED.
 _OWNER = "CASE WHEN g <= $3 THEN 1 ELSE 2 + ((g - $3 - 1) / 10) % ($4 - 1) END"
-_STATUS = ("CASE WHEN g % 1000 = 0 THEN 'PROCESSING' WHEN g % 10 = 0 THEN 'INVALID' "
-           "ELSE 'PROCESSED' END")
+_STATUS = (
+    "CASE WHEN g % 1000 = 0 THEN 'PROCESSING' WHEN g % 10 = 0 THEN 'INVALID' ELSE 'PROCESSED' END"
+)
 _ACCRUAL = "(g % 997)::numeric / 4"
 _ORDERS = f"""
 INSERT INTO orders (number, user_id, status, accrual, uploaded_at, next_attempt_at, attempts)
@@ -80,8 +81,7 @@ WHERE c.status = t.status
 
 def _ranges(total: int, chunks: int, start: int = 1) -> list[tuple[int, int]]:
     step = max(1, -(-total // chunks))
-    return [(lo, min(lo + step - 1, start + total - 1))
-            for lo in range(start, start + total, step)]
+    return [(lo, min(lo + step - 1, start + total - 1)) for lo in range(start, start + total, step)]
 
 
 async def seed(dsn: str, size: Size, say: Callable[[str], None]) -> dict[str, float]:
@@ -122,8 +122,10 @@ async def seed(dsn: str, size: Size, say: Callable[[str], None]) -> dict[str, fl
 
     started = time.monotonic()
     await timed(f"{size.customers:,} customers", customers)
-    await asyncio.gather(timed(f"{size.orders:,} orders", orders),
-                         timed(f"{accruals + withdrawals:,} ledger entries", ledger))
+    await asyncio.gather(
+        timed(f"{size.orders:,} orders", orders),
+        timed(f"{accruals + withdrawals:,} ledger entries", ledger),
+    )
 
     async def finish(conn: asyncpg.Connection) -> None:
         await conn.execute(_COUNTS)

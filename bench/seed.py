@@ -30,8 +30,12 @@ async def register(base_url: str, logins: Sequence[str]) -> list[User]:
 
         async def one(login: str) -> tuple[str, str, str]:
             password = f"pw-{login}"
-            async with sem, session.post(f"{base_url}/api/user/register",
-                                         json={"login": login, "password": password}) as resp:
+            async with (
+                sem,
+                session.post(
+                    f"{base_url}/api/user/register", json={"login": login, "password": password}
+                ) as resp,
+            ):
                 if resp.status != 200:
                     raise RuntimeError(f"register {login}: {resp.status} {await resp.text()}")
                 return login, password, resp.headers["Authorization"]
@@ -41,8 +45,9 @@ async def register(base_url: str, logins: Sequence[str]) -> list[User]:
 
 
 async def with_ids(conn: asyncpg.Connection, users: list[User]) -> list[User]:
-    rows = await conn.fetch(f"SELECT id, login FROM {SCHEMA}.users WHERE login = ANY($1)",
-                            [u.login for u in users])
+    rows = await conn.fetch(
+        f"SELECT id, login FROM {SCHEMA}.users WHERE login = ANY($1)", [u.login for u in users]
+    )
     ids = {r["login"]: r["id"] for r in rows}
     return [User(ids[u.login], u.login, u.password, u.token) for u in users]
 
@@ -50,26 +55,34 @@ async def with_ids(conn: asyncpg.Connection, users: list[User]) -> list[User]:
 async def make_user(conn: asyncpg.Connection, login: str) -> int:
     """A user straight in the database (no password anyone can use)."""
     user_id: int = await conn.fetchval(
-        f"INSERT INTO {SCHEMA}.users (login, password_hash) VALUES ($1, 'x') RETURNING id", login)
+        f"INSERT INTO {SCHEMA}.users (login, password_hash) VALUES ($1, 'x') RETURNING id", login
+    )
     await conn.execute(f"INSERT INTO {SCHEMA}.balances (user_id) VALUES ($1)", user_id)
     return user_id
 
 
-async def add_orders(conn: asyncpg.Connection, user_id: int, numbers: Sequence[str],
-                     processed_every: int = 0) -> None:
+async def add_orders(
+    conn: asyncpg.Connection, user_id: int, numbers: Sequence[str], processed_every: int = 0
+) -> None:
     """NEW orders in one statement (every ``processed_every``-th one PROCESSED with 10 points)."""
-    statuses = ["PROCESSED" if processed_every and i % processed_every == 0 else "NEW"
-                for i in range(len(numbers))]
+    statuses = [
+        "PROCESSED" if processed_every and i % processed_every == 0 else "NEW"
+        for i in range(len(numbers))
+    ]
     await conn.execute(
         f"""INSERT INTO {SCHEMA}.orders (number, user_id, status, accrual)
             SELECT n, $2, s, CASE WHEN s = 'PROCESSED' THEN 10 END
             FROM unnest($1::text[], $3::text[]) AS t(n, s)""",
-        list(numbers), user_id, statuses)
+        list(numbers),
+        user_id,
+        statuses,
+    )
 
 
 async def fund(conn: asyncpg.Connection, user_ids: Sequence[int], amount: Decimal) -> None:
-    await conn.execute(f"UPDATE {SCHEMA}.balances SET current = $2 WHERE user_id = ANY($1)",
-                       list(user_ids), amount)
+    await conn.execute(
+        f"UPDATE {SCHEMA}.balances SET current = $2 WHERE user_id = ANY($1)", list(user_ids), amount
+    )
 
 
 def write_lines(path: Path, lines: Sequence[str]) -> Path:

@@ -50,26 +50,55 @@ class Stack:
 
     def api(self, name: str, dsn: str) -> Proc:
         port = free_port()
-        return self.start(Proc.python(name, "api", self.log_dir, port=port, env={
-            "RUN_ADDRESS": f"127.0.0.1:{port}", "DATABASE_URI": dsn,
-            "SESSION_SECRET": SECRET, "LOG_FORMAT": "json",
-            # Every benchmark client comes from 127.0.0.1: per-address shares and
-            # rates would measure themselves, not the server.
-            "MAX_CONNECTIONS_PER_ADDRESS": "0", "HASH_PER_ADDRESS": "0",
-            "REGISTER_MAX_PER_ADDRESS": "0",
-            # The login storm's 32 clients plus 8 probes all wait for hashing:
-            # a queue bound below that would make the storm a test of refusals.
-            "HASH_QUEUE": "64"}))
+        return self.start(
+            Proc.python(
+                name,
+                "api",
+                self.log_dir,
+                port=port,
+                env={
+                    "RUN_ADDRESS": f"127.0.0.1:{port}",
+                    "DATABASE_URI": dsn,
+                    "SESSION_SECRET": SECRET,
+                    "LOG_FORMAT": "json",
+                    # Every benchmark client comes from 127.0.0.1: per-address shares and
+                    # rates would measure themselves, not the server.
+                    "MAX_CONNECTIONS_PER_ADDRESS": "0",
+                    "HASH_PER_ADDRESS": "0",
+                    "REGISTER_MAX_PER_ADDRESS": "0",
+                    # The login storm's 32 clients plus 8 probes all wait for hashing:
+                    # a queue bound below that would make the storm a test of refusals.
+                    "HASH_QUEUE": "64",
+                },
+            )
+        )
 
     def worker(self, name: str, dsn: str, accrual_url: str) -> Proc:
-        return self.start(Proc.python(name, "worker", self.log_dir, env={
-            "DATABASE_URI": dsn, "ACCRUAL_SYSTEM_ADDRESS": accrual_url, "LOG_FORMAT": "json"}))
+        return self.start(
+            Proc.python(
+                name,
+                "worker",
+                self.log_dir,
+                env={
+                    "DATABASE_URI": dsn,
+                    "ACCRUAL_SYSTEM_ADDRESS": accrual_url,
+                    "LOG_FORMAT": "json",
+                },
+            )
+        )
 
     def simulator(self, name: str, *args: str) -> Proc:
         port = free_port()
-        return self.start(Proc.python(name, "accrual_sim", self.log_dir, port=port,
-                                      args=("-a", f"127.0.0.1:{port}", *args),
-                                      env={"LOG_FORMAT": "json", "LOG_LEVEL": "warning"}))
+        return self.start(
+            Proc.python(
+                name,
+                "accrual_sim",
+                self.log_dir,
+                port=port,
+                args=("-a", f"127.0.0.1:{port}", *args),
+                env={"LOG_FORMAT": "json", "LOG_LEVEL": "warning"},
+            )
+        )
 
     def stop(self, proc: Proc) -> None:
         proc.stop()

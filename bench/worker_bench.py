@@ -51,9 +51,13 @@ async def wait_listening(dsn: str, count: int, patience: float = 30.0) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         deadline = time.monotonic() + patience
-        while await conn.fetchval(
+        while (
+            await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND application_name = 'gophermart-worker-listen'") < count:
+                " AND application_name = 'gophermart-worker-listen'"
+            )
+            < count
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{count} workers not listening after {patience} s")
             await asyncio.sleep(0.05)
@@ -87,12 +91,18 @@ def _stop(ctx: Ctx, procs: list[Proc], role: str) -> None:
 
 async def run(ctx: Ctx) -> list[Row]:
     plan = ctx.plan
-    batches = {1: list(numbers("41", plan.worker_orders)),
-               2: list(numbers("42", plan.worker_orders))}
+    batches = {
+        1: list(numbers("41", plan.worker_orders)),
+        2: list(numbers("42", plan.worker_orders)),
+    }
     light = list(numbers("43", int(plan.latency_rate * plan.latency_seconds)))
-    sim = ctx.stack.simulator("sim", "--delay", "0", "--seed-file",
-                              str(seed_file(ctx.work_dir / "seed.json", *batches.values(),
-                                            light)))
+    sim = ctx.stack.simulator(
+        "sim",
+        "--delay",
+        "0",
+        "--seed-file",
+        str(seed_file(ctx.work_dir / "seed.json", *batches.values(), light)),
+    )
     rows = [await _throughput(ctx, sim, procs, batches[procs]) for procs in (1, 2)]
     rows.append(await _latency(ctx, sim, light))
     ctx.stack.stop(sim)
@@ -123,7 +133,10 @@ async def _throughput(ctx: Ctx, sim: Proc, procs: int, batch: list[str]) -> Row:
         f"worker throughput, {procs} process{'es' if procs > 1 else ''} "
         f"({len(batch):,} orders NEW -> PROCESSED, simulator --delay 0)",
         f"{rate(per_second, 'orders/s')} ({done['seconds']:.2f} s)",
-        target=target, passed=per_second >= 1000 if procs == 2 else None, problem=problem)
+        target=target,
+        passed=per_second >= 1000 if procs == 2 else None,
+        problem=problem,
+    )
 
 
 async def _latency(ctx: Ctx, sim: Proc, batch: list[str]) -> Row:
@@ -138,8 +151,9 @@ async def _latency(ctx: Ctx, sim: Proc, batch: list[str]) -> Row:
     async with aiohttp.ClientSession(headers={"Authorization": user.token}) as session:
 
         async def upload(number: str) -> None:
-            async with session.post(url(api) + "/api/user/orders", data=number,
-                                    headers={"Content-Type": "text/plain"}) as resp:
+            async with session.post(
+                url(api) + "/api/user/orders", data=number, headers={"Content-Type": "text/plain"}
+            ) as resp:
                 statuses.append(resp.status)
 
         start = loop.time()
@@ -167,8 +181,10 @@ async def _latency(ctx: Ctx, sim: Proc, batch: list[str]) -> Row:
         f"upload (API) -> PROCESSED latency at {plan.latency_rate:.0f} uploads/s for "
         f"{plan.latency_seconds:.0f} s (2 workers)",
         f"p50 {ms(p50)}, p99 {ms(p99)}, max {ms(max(latencies, default=0))}",
-        target="p50 ≤ 50 ms, p99 ≤ 250 ms", passed=p50 <= 50 and p99 <= 250,
-        problem="; ".join(problems) or None)
+        target="p50 ≤ 50 ms, p99 ≤ 250 ms",
+        passed=p50 <= 50 and p99 <= 250,
+        problem="; ".join(problems) or None,
+    )
 
 
 async def _rate_limit(ctx: Ctx) -> list[Row]:
@@ -176,9 +192,16 @@ async def _rate_limit(ctx: Ctx) -> list[Row]:
     allowed_rate = plan.rate_limit / plan.rate_window
     batch = list(numbers("44", int(allowed_rate * plan.rate_seconds * 2) + plan.rate_limit * 2))
     sim = ctx.stack.simulator(
-        "sim-limited", "--delay", "0", "--rate-limit", str(plan.rate_limit),
-        "--rate-window", str(plan.rate_window),
-        "--seed-file", str(seed_file(ctx.work_dir / "seed-limited.json", batch)))
+        "sim-limited",
+        "--delay",
+        "0",
+        "--rate-limit",
+        str(plan.rate_limit),
+        "--rate-window",
+        str(plan.rate_window),
+        "--seed-file",
+        str(seed_file(ctx.work_dir / "seed-limited.json", batch)),
+    )
     dsn = await ctx.stack.database("bench_rate_limit")
     workers = _start_workers(ctx, "worker-limited", dsn, sim, 2)
     await wait_listening(dsn, 2)
@@ -204,19 +227,24 @@ async def _rate_limit(ctx: Ctx) -> list[Row]:
     in_flight, during = stats["in_flight_at_pause"], stats["requests_during_pause"]
     limit = f"{plan.rate_limit} per {plan.rate_window:g} s"
     return [
-        Row(f"accrual rate-limit utilisation ({limit}, 2 workers, {plan.rate_seconds:g} s, "
+        Row(
+            f"accrual rate-limit utilisation ({limit}, 2 workers, {plan.rate_seconds:g} s, "
             "limit unknown at start)",
             f"{rate(admitted / elapsed, 'req/s')} answered",
             baseline=f"allowed {rate(allowed_rate, 'req/s')}",
             ratio=f"{pct(admitted, allowed_rate * elapsed)} of allowed",
-            target="≥ 95 % of allowed", passed=share >= 0.95),
+            target="≥ 95 % of allowed",
+            passed=share >= 0.95,
+        ),
         # Requests already on the wire when the first 429 came back cannot be recalled:
         # the target counts the ones sent after it (none may be) plus the announcing one.
-        Row(f"429s and calls during an announced pause ({limit}, 2 workers)",
+        Row(
+            f"429s and calls during an announced pause ({limit}, 2 workers)",
             f"{refused} x 429 over {pauses} pause(s): {in_flight} were already in flight "
             f"when the pause began; {during} requests during a pause",
             ratio=f"{(refused - in_flight) / pauses if pauses else 0:.1f} 429s per pause "
-                  "not counting those in flight",
+            "not counting those in flight",
             target="≤ 1 429 per pause (besides those in flight); 0 during a pause",
-            passed=refused - in_flight <= pauses and during == 0),
+            passed=refused - in_flight <= pauses and during == 0,
+        ),
     ]

@@ -22,12 +22,15 @@ def ensure_wrk() -> str:
     if found:
         return found
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise WrkMissing("wrk is not installed: install it (Debian: apt-get install wrk) "
-                         "or run the benchmark as root so it can install it")
+        raise WrkMissing(
+            "wrk is not installed: install it (Debian: apt-get install wrk) "
+            "or run the benchmark as root so it can install it"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env, stdout=subprocess.DEVNULL
+    )
     found = shutil.which("wrk")
     if not found:
         raise WrkMissing("apt-get install wrk did not provide a wrk binary")
@@ -69,27 +72,54 @@ class WrkResult:
 def script(name: str, work_dir: Path) -> Path:
     """Our shared prelude followed by the named script, as one file wrk can load."""
     path = work_dir / f"{name}.lua"
-    path.write_text((LUA_DIR / "common.lua").read_text() + "\n"
-                    + (LUA_DIR / f"{name}.lua").read_text())
+    path.write_text(
+        (LUA_DIR / "common.lua").read_text() + "\n" + (LUA_DIR / f"{name}.lua").read_text()
+    )
     return path
 
 
-async def run(wrk: str, url: str, lua: Path, *, seconds: float, connections: int,
-              expected: int, args: tuple[str, ...] = ()) -> WrkResult:
+async def run(
+    wrk: str,
+    url: str,
+    lua: Path,
+    *,
+    seconds: float,
+    connections: int,
+    expected: int,
+    args: tuple[str, ...] = (),
+) -> WrkResult:
     """One wrk thread, ``connections`` keep-alive connections, for ``seconds``."""
-    cmd = [wrk, "-t1", f"-c{connections}", f"-d{max(round(seconds), 1)}s", "--timeout", "5s",
-           "-s", str(lua), url, "--", *args]
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    cmd = [
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(round(seconds), 1)}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(lua),
+        url,
+        "--",
+        *args,
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await proc.communicate()
     text = out.decode(errors="replace")
     line = next((ln for ln in text.splitlines() if ln.startswith(_MARK)), None)
     if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {text[-500:]} "
-                           f"{err.decode(errors='replace')[-500:]}")
-    data = json.loads(line[len(_MARK):])
+        raise RuntimeError(
+            f"wrk failed ({proc.returncode}): {text[-500:]} {err.decode(errors='replace')[-500:]}"
+        )
+    data = json.loads(line[len(_MARK) :])
     return WrkResult(
-        requests=data["requests"], seconds=data["duration_us"] / 1e6,
-        p50_ms=data["p50_us"] / 1000, p99_ms=data["p99_us"] / 1000,
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
         statuses={int(code): n for code, n in data["statuses"].items()},
-        socket_errors=data["socket_errors"], timeouts=data["timeouts"], expected=expected)
+        socket_errors=data["socket_errors"],
+        timeouts=data["timeouts"],
+        expected=expected,
+    )

@@ -46,8 +46,9 @@ _WITHDRAWAL_JSON = """'{"order":' || to_json(order_number)::text
 
 _WITHDRAWAL_ROWS = "kind = 'withdrawal' AND "
 WITHDRAWALS = Listing(
-    page=page_statement(table="ledger", time="created_at", where=_WITHDRAWAL_ROWS,
-                        item=_WITHDRAWAL_JSON),
+    page=page_statement(
+        table="ledger", time="created_at", where=_WITHDRAWAL_ROWS, item=_WITHDRAWAL_JSON
+    ),
     boundary=boundary_statement(table="ledger", time="created_at", where=_WITHDRAWAL_ROWS),
 )
 

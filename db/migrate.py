@@ -56,8 +56,9 @@ def available() -> list[Migration]:
 
 
 async def applied_versions(conn: asyncpg.Connection) -> set[int]:
-    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL",
-                                 f"{SCHEMA}.schema_migrations")
+    exists = await conn.fetchval(
+        "SELECT to_regclass($1) IS NOT NULL", f"{SCHEMA}.schema_migrations"
+    )
     if not exists:
         return set()
     rows = await conn.fetch(f"SELECT version FROM {SCHEMA}.schema_migrations")
@@ -72,19 +73,23 @@ async def pending(conn: asyncpg.Connection) -> list[Migration]:
 async def unknown(conn: asyncpg.Connection) -> list[str]:
     """Names of applied migrations this build does not ship, in version order."""
     known = {m.version for m in available()}
-    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL",
-                                 f"{SCHEMA}.schema_migrations")
+    exists = await conn.fetchval(
+        "SELECT to_regclass($1) IS NOT NULL", f"{SCHEMA}.schema_migrations"
+    )
     if not exists:
         return []
     rows = await conn.fetch(
-        f"SELECT version, name FROM {SCHEMA}.schema_migrations ORDER BY version")
+        f"SELECT version, name FROM {SCHEMA}.schema_migrations ORDER BY version"
+    )
     return [row["name"] for row in rows if row["version"] not in known]
 
 
 def too_new_message(names: list[str]) -> str:
     latest = available()[-1].name if available() else "none"
-    return (f"the database schema is newer than this build: it holds {', '.join(names)}, "
-            f"which this build does not know (its latest is {latest}); run the newer build")
+    return (
+        f"the database schema is newer than this build: it holds {', '.join(names)}, "
+        f"which this build does not know (its latest is {latest}); run the newer build"
+    )
 
 
 async def schema_problem(conn: asyncpg.Connection) -> str | None:
@@ -120,7 +125,9 @@ async def migrate(dsn: str) -> list[str]:
                     await conn.execute(migration.sql)
                     await conn.execute(
                         f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES ($1, $2)",
-                        migration.version, migration.name)
+                        migration.version,
+                        migration.name,
+                    )
                 log.info("migration applied", migration=migration.name)
                 applied.append(migration.name)
             return applied
@@ -130,8 +137,9 @@ async def migrate(dsn: str) -> list[str]:
         await conn.close()
 
 
-async def migrate_when_ready(dsn: str, stopping: asyncio.Event | None = None,
-                             patience: float = 30.0) -> bool:
+async def migrate_when_ready(
+    dsn: str, stopping: asyncio.Event | None = None, patience: float = 30.0
+) -> bool:
     """Migrate, waiting up to ``patience`` seconds for a database still starting.
 
     Returns False when ``stopping`` is set first (a stop during start-up).

@@ -28,6 +28,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _START = (datetime.max.replace(tzinfo=UTC), 2**63 - 1)
 _CURSOR = re.compile(r"^(-?[0-9]{1,17})_([0-9]{1,19})$")
 
+
 @dataclass(frozen=True, slots=True)
 class Cursor:
     """The position after one row: its time and id."""
@@ -111,8 +112,9 @@ OFFSET $4 LIMIT 2
 """
 
 
-async def page(pool: asyncpg.Pool, listing: Listing, user_id: int, after: Cursor,
-               rows: int) -> Page | None:
+async def page(
+    pool: asyncpg.Pool, listing: Listing, user_id: int, after: Cursor, rows: int
+) -> Page | None:
     """Up to ``rows`` rows after ``after``; None when there are none."""
     row = await pool.fetchrow(listing.page, user_id, after.at, after.id, rows)
     if row is None:
@@ -120,8 +122,9 @@ async def page(pool: asyncpg.Pool, listing: Listing, user_id: int, after: Cursor
     return Page(row["items"], row["n"], Cursor(row["last_at"], row["last_id"]))
 
 
-async def boundary(pool: asyncpg.Pool, listing: Listing, user_id: int, after: Cursor,
-                   skip: int) -> Cursor | None:
+async def boundary(
+    pool: asyncpg.Pool, listing: Listing, user_id: int, after: Cursor, skip: int
+) -> Cursor | None:
     """Where to continue when more than ``skip`` rows follow ``after``; else None.
 
     The cursor is the one after the ``skip``-th row (``after`` itself for 0).

@@ -26,8 +26,12 @@ Executor = asyncpg.Connection | asyncpg.Pool
 # InternalClientError: asyncpg losing track of a connection killed mid-operation
 # (seen during a fast shutdown); it derives from Exception alone.
 DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
-    TimeoutError)
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 FINAL_STATUSES = frozenset({"INVALID", "PROCESSED"})
 
@@ -172,8 +176,11 @@ async def claim(db: Executor, *, limit: int, lease: float) -> ClaimResult:
     """
     rows = await db.fetch(_CLAIM, max(limit, 1), lease)
     first = rows[0]
-    orders = [ClaimedOrder(r["id"], r["number"], r["attempts"], r["status"], r["age"])
-              for r in rows if r["id"] is not None]
+    orders = [
+        ClaimedOrder(r["id"], r["number"], r["attempts"], r["status"], r["age"])
+        for r in rows
+        if r["id"] is not None
+    ]
     return ClaimResult(
         orders=orders,
         gate=GateState(first["pause_left"], first["rate_per_minute"], first["rate_left"]),
@@ -320,16 +327,23 @@ FROM s
 """
 
 
-async def record_pause(db: Executor, *, seconds: float, rate_per_minute: int | None,
-                       ceiling: float = 600.0, rate_ttl: float = 600.0) -> GateState:
+async def record_pause(
+    db: Executor,
+    *,
+    seconds: float,
+    rate_per_minute: int | None,
+    ceiling: float = 600.0,
+    rate_ttl: float = 600.0,
+) -> GateState:
     """Pause the whole fleet (never shortening a longer pause) and tell every replica.
 
     ``seconds`` is the pause the answer asked for, already clamped; a repeat
     429 doubles the last pause up to ``ceiling``; a rate lasts ``rate_ttl``
     past the pause's end.
     """
-    row = await db.fetchrow(_RECORD_PAUSE, seconds, rate_per_minute, PAUSE_CHANNEL,
-                            max(ceiling, seconds), rate_ttl)
+    row = await db.fetchrow(
+        _RECORD_PAUSE, seconds, rate_per_minute, PAUSE_CHANNEL, max(ceiling, seconds), rate_ttl
+    )
     assert row is not None  # accrual_gate always holds its one row
     return GateState(max(row["pause_left"], 0.0), row["rate_per_minute"], row["rate_left"])
 

@@ -51,8 +51,7 @@ SELECT session_generation, pg_notify('{SESSIONS_CHANNEL}', $1::text) FROM change
 """
 
 
-async def is_current(pool: asyncpg.Pool, user_id: int, generation: int,
-                     session_id: bytes) -> bool:
+async def is_current(pool: asyncpg.Pool, user_id: int, generation: int, session_id: bytes) -> bool:
     """True while the user exists, has not changed password since, and kept this session."""
     current: bool | None = await pool.fetchval(_CURRENT, user_id, generation, session_id)
     return bool(current)
@@ -63,16 +62,19 @@ async def revoke(pool: asyncpg.Pool, user_id: int, session_id: bytes, expires_at
     await pool.execute(_REVOKE, session_id, user_id, expires_at)
 
 
-async def password_hash(pool: asyncpg.Pool, user_id: int, generation: int,
-                        session_id: bytes) -> str | None:
+async def password_hash(
+    pool: asyncpg.Pool, user_id: int, generation: int, session_id: bytes
+) -> str | None:
     """The user's password hash, or None when the calling session has ended meanwhile."""
     found: str | None = await pool.fetchval(_PASSWORD_HASH, user_id, generation, session_id)
     return found
 
 
-async def change_password(pool: asyncpg.Pool, user_id: int, generation: int,
-                          session_id: bytes, new_hash: str) -> int | None:
+async def change_password(
+    pool: asyncpg.Pool, user_id: int, generation: int, session_id: bytes, new_hash: str
+) -> int | None:
     """Store the new hash and end every session; the new generation, or None if ended."""
     new_generation: int | None = await pool.fetchval(
-        _CHANGE_PASSWORD, user_id, generation, session_id, new_hash)
+        _CHANGE_PASSWORD, user_id, generation, session_id, new_hash
+    )
     return new_generation

@@ -37,17 +37,30 @@ DELETE FROM throttle WHERE window_end < clock_timestamp() AND next_at < clock_ti
 """
 
 
-async def reserve_login(pool: asyncpg.Pool, login: str, address: str, *, pair_limit: int,
-                        login_limit: int, free_failures: int, window: float) -> float | None:
+async def reserve_login(
+    pool: asyncpg.Pool,
+    login: str,
+    address: str,
+    *,
+    pair_limit: int,
+    login_limit: int,
+    free_failures: int,
+    window: float,
+) -> float | None:
     """None when the attempt may go ahead (and is now counted), else seconds to wait."""
     wait: float | None = await pool.fetchval(
-        _RESERVE_LOGIN, login, address, pair_limit, login_limit, free_failures,
-        timedelta(seconds=window))
+        _RESERVE_LOGIN,
+        login,
+        address,
+        pair_limit,
+        login_limit,
+        free_failures,
+        timedelta(seconds=window),
+    )
     return wait
 
 
-async def refund_login(pool: asyncpg.Pool, login: str, address: str, *,
-                       succeeded: bool) -> None:
+async def refund_login(pool: asyncpg.Pool, login: str, address: str, *, succeeded: bool) -> None:
     await pool.execute(_REFUND_LOGIN, login, address, succeeded)
 
 

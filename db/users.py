@@ -28,5 +28,4 @@ async def register(pool: asyncpg.Pool, login: str, password_hash: str) -> int | 
 async def credentials(pool: asyncpg.Pool, login: str) -> tuple[int, str, int] | None:
     """(user id, password hash, session generation) for a login, or None."""
     row = await pool.fetchrow(_CREDENTIALS, login)
-    return None if row is None else (row["id"], row["password_hash"],
-                                     row["session_generation"])
+    return None if row is None else (row["id"], row["password_hash"], row["session_generation"])

@@ -77,13 +77,17 @@ class Report:
     exit_codes: dict[str, int] = field(default_factory=dict)
 
 
-def run(args: Sequence[str], *, input_text: str | None = None, check: bool = True,
-        timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(list(args), input=input_text, capture_output=True, text=True,
-                            timeout=timeout, check=False)
+def run(
+    args: Sequence[str], *, input_text: str | None = None, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        list(args), input=input_text, capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check and result.returncode != 0:
-        raise CheckFailed(f"{' '.join(args)} exited {result.returncode}:\n"
-                          f"{result.stderr.strip() or result.stdout.strip()}")
+        raise CheckFailed(
+            f"{' '.join(args)} exited {result.returncode}:\n"
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
     return result
 
 
@@ -111,8 +115,9 @@ def free_port() -> int:
         return port
 
 
-def derive(compose: dict[str, Any], *, v1: bool, host: HostPorts | None,
-           context: Path) -> dict[str, Any]:
+def derive(
+    compose: dict[str, Any], *, v1: bool, host: HostPorts | None, context: Path
+) -> dict[str, Any]:
     """The compose file as this engine can run it; the project's file stays as users run it.
 
     v1: without the top-level ``name:`` (the project name is given with ``-p``).
@@ -130,8 +135,10 @@ def derive(compose: dict[str, Any], *, v1: bool, host: HostPorts | None,
         return derived
     services = derived["services"]
     # Addresses as the services know each other, and as they listen, on host networking.
-    rename = {"@postgres:5432/": f"@127.0.0.1:{host.postgres}/",
-              "http://accrual:8081": f"http://127.0.0.1:{host.accrual}"}
+    rename = {
+        "@postgres:5432/": f"@127.0.0.1:{host.postgres}/",
+        "http://accrual:8081": f"http://127.0.0.1:{host.accrual}",
+    }
     own = {"api": ("8080", host.api), "accrual": ("8081", host.accrual)}
     for name, spec in services.items():
         spec["network_mode"] = "host"
@@ -147,7 +154,8 @@ def derive(compose: dict[str, Any], *, v1: bool, host: HostPorts | None,
             env["RUN_ADDRESS"] = f"127.0.0.1:{new_port}"
             spec["healthcheck"]["test"] = [
                 part.replace(f"127.0.0.1:{old_port}/", f"127.0.0.1:{new_port}/")
-                for part in spec["healthcheck"]["test"]]
+                for part in spec["healthcheck"]["test"]
+            ]
     postgres = services["postgres"]
     postgres["environment"]["PGPORT"] = str(host.postgres)  # server, initdb and pg_isready
     postgres["command"] = ["postgres", "-c", "listen_addresses=127.0.0.1"]
@@ -170,43 +178,76 @@ class Stack:
         self.host = None if engine.bridge else HostPorts(free_port(), free_port(), free_port())
         if engine.v1 or self.host is not None:
             self.file = workdir / "docker-compose.yml"
-            self.file.write_text(yaml.safe_dump(
-                derive(compose, v1=engine.v1, host=self.host, context=ROOT), sort_keys=False))
+            self.file.write_text(
+                yaml.safe_dump(
+                    derive(compose, v1=engine.v1, host=self.host, context=ROOT), sort_keys=False
+                )
+            )
         else:
             self.file = ROOT / "docker-compose.yml"
         self.ready_after: dict[str, float] = {}
 
     def compose(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return run([*self.engine.compose, "--env-file", str(self.env_file), "-p", PROJECT,
-                    "-f", str(self.file), *args], timeout=timeout)
+        return run(
+            [
+                *self.engine.compose,
+                "--env-file",
+                str(self.env_file),
+                "-p",
+                PROJECT,
+                "-f",
+                str(self.file),
+                *args,
+            ],
+            timeout=timeout,
+        )
 
     def containers(self) -> dict[str, str]:
         """container name -> service, for every container of the project."""
-        listed = run(["docker", "ps", "-a",
-                      "--filter", f"label=com.docker.compose.project={PROJECT}",
-                      "--format", '{{.Names}} {{.Label "com.docker.compose.service"}}'])
+        listed = run(
+            [
+                "docker",
+                "ps",
+                "-a",
+                "--filter",
+                f"label=com.docker.compose.project={PROJECT}",
+                "--format",
+                '{{.Names}} {{.Label "com.docker.compose.service"}}',
+            ]
+        )
         return dict(line.split() for line in listed.stdout.splitlines() if line.strip())
 
     def of(self, service: str) -> list[str]:
         return sorted(name for name, svc in self.containers().items() if svc == service)
 
     def state(self, container: str) -> tuple[str, str]:
-        out = run(["docker", "inspect", "-f",
-                   "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
-                   container]).stdout.split()
+        out = run(
+            [
+                "docker",
+                "inspect",
+                "-f",
+                "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                container,
+            ]
+        ).stdout.split()
         return out[0], (out[1] if len(out) > 1 else "")
 
     def startup_seconds(self, container: str) -> float:
         """From the container's start to its first passing health check (for a worker
         without one: to its "worker started" line), by the engine's own clock."""
-        state = json.loads(run(["docker", "inspect", "-f", "{{json .State}}",
-                                container]).stdout)
+        state = json.loads(run(["docker", "inspect", "-f", "{{json .State}}", container]).stdout)
         started = _instant(state["StartedAt"])
-        passed = [_instant(probe["End"]) for probe in (state.get("Health") or {}).get("Log", [])
-                  if probe["ExitCode"] == 0]
+        passed = [
+            _instant(probe["End"])
+            for probe in (state.get("Health") or {}).get("Log", [])
+            if probe["ExitCode"] == 0
+        ]
         if not passed:  # no health check: the worker's own line says when it began
-            passed = [_instant(json.loads(line)["timestamp"]) for line in self.logs(container)
-                      if '"worker started"' in line]
+            passed = [
+                _instant(json.loads(line)["timestamp"])
+                for line in self.logs(container)
+                if '"worker started"' in line
+            ]
         return round((min(passed) - started).total_seconds(), 1)
 
     def logs(self, container: str, since: str | None = None) -> list[str]:
@@ -225,14 +266,17 @@ class Stack:
         if health:
             return health == "healthy"
         return service != "worker" or any(
-            '"worker started"' in line for line in self.logs(container))
+            '"worker started"' in line for line in self.logs(container)
+        )
 
     def in_api(self, *args: str, timeout: float = 180) -> dict[str, Any]:
         """Run deploy/customer_flow.py inside the API container; its JSON answer."""
         [api] = self.of("api")
-        result = run(["docker", "exec", "-i", api, "python", "-", *args],
-                     input_text=(ROOT / "deploy" / "customer_flow.py").read_text(),
-                     timeout=timeout)
+        result = run(
+            ["docker", "exec", "-i", api, "python", "-", *args],
+            input_text=(ROOT / "deploy" / "customer_flow.py").read_text(),
+            timeout=timeout,
+        )
         answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
         return answer
 
@@ -250,8 +294,10 @@ class Stack:
             if not pending and len(self.of("worker")) == workers:
                 return
             if time.monotonic() - started > timeout:
-                tails = "\n".join(f"--- {name}: {self.state(name)}\n"
-                                  + "\n".join(self.logs(name)[-10:]) for name in pending)
+                tails = "\n".join(
+                    f"--- {name}: {self.state(name)}\n" + "\n".join(self.logs(name)[-10:])
+                    for name in pending
+                )
                 raise CheckFailed(f"not ready after {timeout:.0f} s: {pending}\n{tails}")
             time.sleep(0.5)
 
@@ -263,15 +309,31 @@ def _instant(text: str) -> datetime:
 
 def check_image(report: Report) -> None:
     size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", IMAGE]).stdout)
-    probe = run(["docker", "run", "--rm", "--network", "none", IMAGE, "python", "-c",
-                 "import importlib.util as u, os, sys; "
-                 "print(os.getuid(), [m for m in ('pip', 'setuptools', 'wheel') "
-                 "if u.find_spec(m)], sys.prefix)"]).stdout.split(maxsplit=1)
-    venv_mb = run(["docker", "run", "--rm", "--network", "none", IMAGE,
-                   "du", "-sm", "/opt/venv"]).stdout.split()[0]
+    probe = run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            IMAGE,
+            "python",
+            "-c",
+            "import importlib.util as u, os, sys; "
+            "print(os.getuid(), [m for m in ('pip', 'setuptools', 'wheel') "
+            "if u.find_spec(m)], sys.prefix)",
+        ]
+    ).stdout.split(maxsplit=1)
+    venv_mb = run(
+        ["docker", "run", "--rm", "--network", "none", IMAGE, "du", "-sm", "/opt/venv"]
+    ).stdout.split()[0]
     uid, rest = int(probe[0]), probe[1]
-    report.image = {"size_mb": round(size / 1e6, 1), "venv_mb": int(venv_mb), "uid": uid,
-                    "build_tools_in_venv": rest.split("]")[0] + "]"}
+    report.image = {
+        "size_mb": round(size / 1e6, 1),
+        "venv_mb": int(venv_mb),
+        "uid": uid,
+        "build_tools_in_venv": rest.split("]")[0] + "]",
+    }
     if uid == 0:
         raise CheckFailed("the image runs as root")
     if not rest.startswith("[]"):
@@ -287,8 +349,10 @@ def check_users(stack: Stack, report: Report) -> None:
         report.processes[name] = sum(1 for line in top if line.strip())
         if not uids or 0 in uids:
             raise CheckFailed(f"{name} runs a process as root: {top}")
-        read_only = run(["docker", "inspect", "-f", "{{.HostConfig.ReadonlyRootfs}}",
-                         name]).stdout.strip() == "true"
+        read_only = (
+            run(["docker", "inspect", "-f", "{{.HostConfig.ReadonlyRootfs}}", name]).stdout.strip()
+            == "true"
+        )
         if service in APP_SERVICES and not read_only:
             raise CheckFailed(f"{name} runs with a writable root filesystem")
 
@@ -314,11 +378,11 @@ def work_done(stack: Stack, since: str) -> dict[str, int]:
     """Order state changes each worker wrote since ``since``, read from its JSON log."""
     counts = {}
     for name in stack.of("worker"):
-        changes = [json.loads(line) for line in stack.logs(name, since)
-                   if '"order status changed"' in line]
+        changes = [
+            json.loads(line) for line in stack.logs(name, since) if '"order status changed"' in line
+        ]
         for change in changes:
-            if change.get("accrual") is not None and not isinstance(change["accrual"],
-                                                                    int | float):
+            if change.get("accrual") is not None and not isinstance(change["accrual"], int | float):
                 raise CheckFailed(f"{name} logged accrual as {change['accrual']!r}")
         counts[name] = len(changes)
     return counts
@@ -327,21 +391,25 @@ def work_done(stack: Stack, since: str) -> dict[str, int]:
 def stop_all(stack: Stack, report: Report) -> None:
     """Stop each container on its own, API and workers first, and time it."""
     order = {"api": 0, "worker": 1, "accrual": 2, "postgres": 3}
-    for name, _ in sorted(stack.containers().items(),
-                          key=lambda item: (order.get(item[1], 9), item[0])):
+    for name, _ in sorted(
+        stack.containers().items(), key=lambda item: (order.get(item[1], 9), item[0])
+    ):
         started = time.monotonic()
         run(["docker", "stop", "-t", "15", name], timeout=60)
         report.stop_seconds[name] = round(time.monotonic() - started, 2)
-        report.exit_codes[name] = int(run(["docker", "inspect", "-f", "{{.State.ExitCode}}",
-                                           name]).stdout)
+        report.exit_codes[name] = int(
+            run(["docker", "inspect", "-f", "{{.State.ExitCode}}", name]).stdout
+        )
 
 
 def check(engine: Engine, workdir: Path, report: Report, *, build: bool) -> None:
     stack = Stack(engine, workdir)
-    report.engine = {"compose": " ".join(engine.compose), "version": engine.compose_version,
-                     "network": "bridge" if engine.bridge else "host",
-                     "file": "docker-compose.yml" if stack.file.parent == ROOT
-                     else "derived copy"}
+    report.engine = {
+        "compose": " ".join(engine.compose),
+        "version": engine.compose_version,
+        "network": "bridge" if engine.bridge else "host",
+        "file": "docker-compose.yml" if stack.file.parent == ROOT else "derived copy",
+    }
     try:
         if build:
             started = time.monotonic()
@@ -353,8 +421,7 @@ def check(engine: Engine, workdir: Path, report: Report, *, build: bool) -> None
         stack.compose("up", "-d", "--no-build")
         workers = len(stack.of("worker"))
         stack.wait_ready(workers)
-        report.timings["up until every service is ready"] = round(
-            time.monotonic() - started, 1)
+        report.timings["up until every service is ready"] = round(time.monotonic() - started, 1)
         report.flow = stack.in_api("flow")
 
         [api_before] = stack.of("api")
@@ -364,7 +431,8 @@ def check(engine: Engine, workdir: Path, report: Report, *, build: bool) -> None
         stack.wait_ready(SCALED_WORKERS)
         report.ready_after = stack.ready_after
         report.timings[f"scale to {SCALED_WORKERS} workers until ready"] = round(
-            time.monotonic() - started, 1)
+            time.monotonic() - started, 1
+        )
         [api_after] = stack.of("api")
         if run(["docker", "inspect", "-f", "{{.Id}}", api_after]).stdout.strip() != api_id:
             raise CheckFailed("scaling recreated the API container")
@@ -381,7 +449,8 @@ def check(engine: Engine, workdir: Path, report: Report, *, build: bool) -> None
             if all(report.work_per_worker.values()):
                 break
         if len(report.work_per_worker) != SCALED_WORKERS or not all(
-                report.work_per_worker.values()):
+            report.work_per_worker.values()
+        ):
             raise CheckFailed(f"not every worker took work: {report.work_per_worker}")
 
         check_users(stack, report)
@@ -396,26 +465,42 @@ def check(engine: Engine, workdir: Path, report: Report, *, build: bool) -> None
 
 def print_report(report: Report, out: Any) -> None:
     engine = report.engine
-    print(f"\nengine: {engine['compose']} {engine['version']}, {engine['network']} "
-          f"networking, {engine['file']}", file=out)
+    print(
+        f"\nengine: {engine['compose']} {engine['version']}, {engine['network']} "
+        f"networking, {engine['file']}",
+        file=out,
+    )
     image = report.image
-    print(f"image {IMAGE}: {image['size_mb']} MB (venv {image['venv_mb']} MB), "
-          f"uid {image['uid']}, pip/setuptools in the venv: {image['build_tools_in_venv']}",
-          file=out)
+    print(
+        f"image {IMAGE}: {image['size_mb']} MB (venv {image['venv_mb']} MB), "
+        f"uid {image['uid']}, pip/setuptools in the venv: {image['build_tools_in_venv']}",
+        file=out,
+    )
     for what, seconds in report.timings.items():
         print(f"{what}: {seconds} s", file=out)
-    print("container start to its first passing health check (run every 2 s for "
-          "PostgreSQL, 5 s for ours, so rounded up to that): "
-          + ", ".join(f"{n}={t} s" for n, t in report.ready_after.items()), file=out)
+    print(
+        "container start to its first passing health check (run every 2 s for "
+        "PostgreSQL, 5 s for ours, so rounded up to that): "
+        + ", ".join(f"{n}={t} s" for n, t in report.ready_after.items()),
+        file=out,
+    )
     flow = report.flow
-    print(f"customer flow: order {flow['order']} PROCESSED with {flow['accrual']} points, "
-          f"balance {flow['balance']} after a withdrawal, {flow['seconds']} s", file=out)
-    print("order state changes per worker: "
-          + ", ".join(f"{n}={c}" for n, c in report.work_per_worker.items()), file=out)
-    print("processes (uids): " + ", ".join(f"{n}={report.processes[n]} {u}"
-                                           for n, u in report.users.items()), file=out)
-    print("JSON log lines: " + ", ".join(f"{n}={c}" for n, c in report.log_lines.items()),
-          file=out)
+    print(
+        f"customer flow: order {flow['order']} PROCESSED with {flow['accrual']} points, "
+        f"balance {flow['balance']} after a withdrawal, {flow['seconds']} s",
+        file=out,
+    )
+    print(
+        "order state changes per worker: "
+        + ", ".join(f"{n}={c}" for n, c in report.work_per_worker.items()),
+        file=out,
+    )
+    print(
+        "processes (uids): "
+        + ", ".join(f"{n}={report.processes[n]} {u}" for n, u in report.users.items()),
+        file=out,
+    )
+    print("JSON log lines: " + ", ".join(f"{n}={c}" for n, c in report.log_lines.items()), file=out)
     print("stop (docker stop, SIGTERM then 15 s grace):", file=out)
     for name, seconds in report.stop_seconds.items():
         print(f"  {name:32} {seconds:5.2f} s  exit {report.exit_codes[name]}", file=out)
@@ -423,8 +508,9 @@ def print_report(report: Report, out: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--no-build", action="store_true",
-                        help=f"use the {IMAGE} image already built")
+    parser.add_argument(
+        "--no-build", action="store_true", help=f"use the {IMAGE} image already built"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     args = parser.parse_args(argv)
     report = Report()

@@ -30,8 +30,9 @@ PURCHASE = {"description": "Чайник Bork", "price": 7000}
 EARNED = Decimal("700")
 
 
-def call(method: str, url: str, body: object = None, token: str | None = None,
-         text: str | None = None) -> tuple[int, dict[str, str], Any]:
+def call(
+    method: str, url: str, body: object = None, token: str | None = None, text: str | None = None
+) -> tuple[int, dict[str, str], Any]:
     data = None
     headers = {}
     if text is not None:
@@ -74,8 +75,9 @@ def purchase(number: str) -> None:
 
 def register() -> str:
     login = "compose-check-" + secrets.token_hex(6)
-    status, headers, _ = call("POST", f"{API}/api/user/register",
-                              {"login": login, "password": secrets.token_hex(12)})
+    status, headers, _ = call(
+        "POST", f"{API}/api/user/register", {"login": login, "password": secrets.token_hex(12)}
+    )
     expect("register", status, 200)
     return headers["Authorization"]
 
@@ -84,8 +86,11 @@ def wait_final(token: str, count: int, timeout: float = 90.0) -> list[dict[str, 
     deadline = time.monotonic() + timeout
     while True:
         status, _, orders = call("GET", f"{API}/api/user/orders", token=token)
-        if status == 200 and len(orders) == count and all(
-                o["status"] in ("PROCESSED", "INVALID") for o in orders):
+        if (
+            status == 200
+            and len(orders) == count
+            and all(o["status"] in ("PROCESSED", "INVALID") for o in orders)
+        ):
             return list(orders)
         if time.monotonic() > deadline:
             raise SystemExit(f"orders not final after {timeout:.0f} s: {status} {orders}")
@@ -100,23 +105,36 @@ def flow() -> dict[str, Any]:
     status, _, _ = call("POST", f"{API}/api/user/orders", token=token, text=number)
     expect("upload", status, 202)
     [order] = wait_final(token, 1)
-    expect("order", (order["number"], order["status"], order.get("accrual")),
-           (number, "PROCESSED", EARNED))
+    expect(
+        "order",
+        (order["number"], order["status"], order.get("accrual")),
+        (number, "PROCESSED", EARNED),
+    )
     status, _, balance = call("GET", f"{API}/api/user/balance", token=token)
-    expect("balance after accrual", (status, balance),
-           (200, {"current": EARNED, "withdrawn": 0}))
+    expect("balance after accrual", (status, balance), (200, {"current": EARNED, "withdrawn": 0}))
     spend = Decimal("250.50")
-    status, _, _ = call("POST", f"{API}/api/user/balance/withdraw",
-                        f'{{"order": "{order_number()}", "sum": {spend}}}', token=token)
+    status, _, _ = call(
+        "POST",
+        f"{API}/api/user/balance/withdraw",
+        f'{{"order": "{order_number()}", "sum": {spend}}}',
+        token=token,
+    )
     expect("withdraw", status, 200)
     status, _, balance = call("GET", f"{API}/api/user/balance", token=token)
-    expect("balance after withdrawal", (status, balance),
-           (200, {"current": EARNED - spend, "withdrawn": spend}))
+    expect(
+        "balance after withdrawal",
+        (status, balance),
+        (200, {"current": EARNED - spend, "withdrawn": spend}),
+    )
     status, _, withdrawals = call("GET", f"{API}/api/user/withdrawals", token=token)
     expect("withdrawals", (status, [w["sum"] for w in withdrawals]), (200, [spend]))
-    return {"token": token, "order": number, "accrual": str(EARNED),
-            "balance": {k: str(v) for k, v in balance.items()},
-            "seconds": round(time.monotonic() - started, 2)}
+    return {
+        "token": token,
+        "order": number,
+        "accrual": str(EARNED),
+        "balance": {k: str(v) for k, v in balance.items()},
+        "seconds": round(time.monotonic() - started, 2),
+    }
 
 
 def load(count: int) -> dict[str, Any]:
@@ -132,8 +150,11 @@ def load(count: int) -> dict[str, Any]:
     expect("orders credited", processed, count)
     status, _, balance = call("GET", f"{API}/api/user/balance", token=token)
     expect("balance", (status, balance["current"]), (200, EARNED * count))
-    return {"orders": count, "processed": processed,
-            "seconds": round(time.monotonic() - started, 2)}
+    return {
+        "orders": count,
+        "processed": processed,
+        "seconds": round(time.monotonic() - started, 2),
+    }
 
 
 def main(argv: list[str]) -> None:

@@ -59,19 +59,22 @@ def find_bindir() -> Path:
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(OSError, subprocess.CalledProcessError):
-            out = subprocess.run([pg_config, "--bindir"], check=True,
-                                 capture_output=True, text=True).stdout.strip()
+            out = subprocess.run(
+                [pg_config, "--bindir"], check=True, capture_output=True, text=True
+            ).stdout.strip()
             candidates.append(Path(out))
     versions = glob.glob("/usr/lib/postgresql/*/bin")
-    versions.sort(key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0,
-                  reverse=True)
+    versions.sort(
+        key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0, reverse=True
+    )
     candidates.extend(Path(p) for p in versions)
     for directory in candidates:
         if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
             return directory
     raise PostgresNotFound(
         "PostgreSQL server binaries not found: install them (Debian: apt-get install "
-        "postgresql) or set PG_BINDIR")
+        "postgresql) or set PG_BINDIR"
+    )
 
 
 def free_port() -> int:
@@ -96,8 +99,14 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 class LocalPostgres:
     """One PostgreSQL cluster living in ``datadir``."""
 
-    def __init__(self, datadir: Path, port: int | None = None, *, fast: bool = False,
-                 password_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        datadir: Path,
+        port: int | None = None,
+        *,
+        fast: bool = False,
+        password_file: Path | None = None,
+    ) -> None:
         self.root = Path(datadir).resolve()
         self.datadir = self.root / "pgdata"
         self.port = port or free_port()
@@ -121,8 +130,10 @@ class LocalPostgres:
         return self.dsn_for("postgres")
 
     def dsn_for(self, database: str) -> str:
-        return (f"postgresql://postgres:{quote(self.password, safe='')}@127.0.0.1:{self.port}"
-                f"/{database}")
+        return (
+            f"postgresql://postgres:{quote(self.password, safe='')}@127.0.0.1:{self.port}"
+            f"/{database}"
+        )
 
     @property
     def pid_file(self) -> Path:
@@ -168,7 +179,8 @@ class LocalPostgres:
                 raise LocalPostgresError(
                     f"{self.password_file} is missing, so nothing can log in to the cluster "
                     f"in {self.datadir}: restore the file, or remove {self.root} to start "
-                    "afresh (its data is lost)")
+                    "afresh (its data is lost)"
+                )
             write_private(self.password_file, secrets.token_urlsafe(32))
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)  # the socket lives here: no one else even reaches it
@@ -181,10 +193,21 @@ class LocalPostgres:
             write_private(pwfile, self.password)
             self._give_away(pwfile)
             try:
-                self._run(self._cmd(str(self.bindir / "initdb"), "-D", str(self.datadir),
-                                    "-U", "postgres", "--auth=scram-sha-256",
-                                    f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C.UTF-8",
-                                    "--no-sync"), "initdb")
+                self._run(
+                    self._cmd(
+                        str(self.bindir / "initdb"),
+                        "-D",
+                        str(self.datadir),
+                        "-U",
+                        "postgres",
+                        "--auth=scram-sha-256",
+                        f"--pwfile={pwfile}",
+                        "--encoding=UTF8",
+                        "--locale=C.UTF-8",
+                        "--no-sync",
+                    ),
+                    "initdb",
+                )
             finally:
                 pwfile.unlink(missing_ok=True)
         elif self._trusting():
@@ -206,9 +229,21 @@ class LocalPostgres:
         self.prepare()
         opt_text = " ".join(f"-c {key}={value}" for key, value in self.options().items())
         self._run(
-            self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l",
-                      str(self.root / "server.log"), "-o", opt_text, "-w", "-t", "60", "start"),
-            "pg_ctl start")
+            self._cmd(
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.root / "server.log"),
+                "-o",
+                opt_text,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ),
+            "pg_ctl start",
+        )
         self._wait_ready()
         return self.dsn
 
@@ -224,10 +259,16 @@ class LocalPostgres:
         user = pwd.getpwnam(self._run_as) if self._run_as else None
         with (self.root / "server.log").open("ab") as log:
             return subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=preexec,
-                user=user.pw_uid if user else None, group=user.pw_gid if user else None,
-                extra_groups=[] if user else None)
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=preexec,
+                user=user.pw_uid if user else None,
+                group=user.pw_gid if user else None,
+                extra_groups=[] if user else None,
+            )
 
     def _trusting(self) -> bool:
         hba = self.datadir / "pg_hba.conf"
@@ -235,10 +276,17 @@ class LocalPostgres:
 
     def _secure_trusting_cluster(self) -> None:
         """Give ``postgres`` the password and require it everywhere, with nothing listening."""
-        statement = ("SET password_encryption = 'scram-sha-256'; "
-                     f"ALTER ROLE postgres PASSWORD '{self.password}';\n")
-        self._run(self._cmd(str(self.bindir / "postgres"), "--single", "-D", str(self.datadir),
-                            "postgres"), "postgres --single", input=statement)
+        statement = (
+            "SET password_encryption = 'scram-sha-256'; "
+            f"ALTER ROLE postgres PASSWORD '{self.password}';\n"
+        )
+        self._run(
+            self._cmd(
+                str(self.bindir / "postgres"), "--single", "-D", str(self.datadir), "postgres"
+            ),
+            "postgres --single",
+            input=statement,
+        )
         hba = self.datadir / "pg_hba.conf"
         hba.write_text(_TRUST_LINE.sub(r"\1scram-sha-256\2", hba.read_text()))
 
@@ -248,13 +296,16 @@ class LocalPostgres:
             detail = (result.stderr or result.stdout).strip().splitlines()
             raise LocalPostgresError(
                 f"{what} failed ({result.returncode}): {detail[-1] if detail else 'no output'}"
-                f"; see {self.root / 'server.log'}")
+                f"; see {self.root / 'server.log'}"
+            )
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=1):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1),
+            ):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"PostgreSQL did not start; see {self.root / 'server.log'}")
@@ -263,10 +314,20 @@ class LocalPostgres:
         if not (self.datadir / "postmaster.pid").exists():
             return
         subprocess.run(
-            self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode,
-                      "-w", "-t", "60", "stop"),
-            check=False, capture_output=True)
-
+            self._cmd(
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ),
+            check=False,
+            capture_output=True,
+        )
 
 
 def _user_exists(name: str) -> bool:

@@ -21,8 +21,9 @@ import orjson
 import structlog
 
 # Keys whose values never reach a log line, wherever they were bound.
-SECRET_KEYS = frozenset({"password", "password_hash", "secret", "session_secret",
-                         "token", "authorization", "cookie"})
+SECRET_KEYS = frozenset(
+    {"password", "password_hash", "secret", "session_secret", "token", "authorization", "cookie"}
+)
 
 
 # Every value in a log line is cut to this many characters (a traceback to
@@ -52,8 +53,7 @@ def _bound_values(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 # its token in a path, a header line, a login): session tokens (Fernet: they
 # all start with the version byte and a timestamp, "gAAAAA"), bearer
 # credentials, Argon2 hashes.
-_SECRET_TEXT = re.compile(
-    r"gAAAAA[A-Za-z0-9_\-=]{8,}|(?i:bearer)\s+\S+|\$argon2[a-z]{0,2}\$\S*")
+_SECRET_TEXT = re.compile(r"gAAAAA[A-Za-z0-9_\-=]{8,}|(?i:bearer)\s+\S+|\$argon2[a-z]{0,2}\$\S*")
 
 
 def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -97,20 +97,21 @@ class _LoggerFactory:
         return _NamedLogger(self._stream, str(args[0]) if args else "")
 
 
-def _add_logger_name(logger: Any, _: str,
-                     event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _add_logger_name(
+    logger: Any, _: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     event["logger"] = getattr(logger, "name", "")
     return event
 
 
-def _add_process_id(_: Any, __: str,
-                    event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _add_process_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event["pid"] = os.getpid()
     return event
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None,
-              process_id: bool = False) -> None:
+def configure(
+    level: str = "info", fmt: str = "auto", stream: TextIO | None = None, process_id: bool = False
+) -> None:
     """Configure structlog, and the standard library logging other libraries use.
 
     ``process_id`` adds ``pid`` to every line, for processes sharing one stream.
@@ -138,17 +139,28 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         *([_add_process_id] if process_id else []),
     ]
     structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, _add_logger_name, *common,
-                    _bound_values, renderer],
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            _add_logger_name,
+            *common,
+            _bound_values,
+            renderer,
+        ],
         logger_factory=_LoggerFactory(stream),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.contextvars.merge_contextvars,
-                           structlog.stdlib.add_logger_name, *common],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    _bound_values, renderer],
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_logger_name,
+            *common,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _bound_values,
+            renderer,
+        ],
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)

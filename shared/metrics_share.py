@@ -45,17 +45,24 @@ class SharedMetrics(Collector):
 
     def snapshot(self) -> None:
         families = [
-            {"name": metric.name, "type": metric.type, "help": metric.documentation,
-             "samples": [[s.name, s.labels, s.value] for s in metric.samples]}
-            for metric in self._own.collect() if metric.name.startswith(SHARED_PREFIX)]
+            {
+                "name": metric.name,
+                "type": metric.type,
+                "help": metric.documentation,
+                "samples": [[s.name, s.labels, s.value] for s in metric.samples],
+            }
+            for metric in self._own.collect()
+            if metric.name.startswith(SHARED_PREFIX)
+        ]
         partial = self._path.with_suffix(".partial")
         partial.write_bytes(orjson.dumps(families))
         os.replace(partial, self._path)  # readers see the old snapshot or the new one
 
     def collect(self) -> Iterator[Metric]:
         self.snapshot()
-        merged: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]],
-                                                 float]]] = {}
+        merged: dict[
+            str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]
+        ] = {}
         for path in sorted(self._directory.glob("*.json")):
             try:
                 families: list[dict[str, Any]] = orjson.loads(path.read_bytes())
@@ -66,7 +73,8 @@ class SharedMetrics(Collector):
                 if family["type"] == "gauge" and not running:
                     continue
                 _, _, samples = merged.setdefault(
-                    family["name"], (family["type"], family["help"], {}))
+                    family["name"], (family["type"], family["help"], {})
+                )
                 for sample_name, labels, value in family["samples"]:
                     if sample_name.endswith("_created"):
                         continue  # a time, not a count: no sum of it means anything

@@ -78,10 +78,15 @@ class _Scrape(Collector):
         yield from self._extra
 
 
-def ops_routes(*, ready: ReadyCheck, registry: CollectorRegistry,
-               scrape: ScrapeHook | None = None,
-               ready_timeout: float = READY_TIMEOUT, detail: bool = True,
-               metrics: bool = True) -> list[web.RouteDef]:
+def ops_routes(
+    *,
+    ready: ReadyCheck,
+    registry: CollectorRegistry,
+    scrape: ScrapeHook | None = None,
+    ready_timeout: float = READY_TIMEOUT,
+    detail: bool = True,
+    metrics: bool = True,
+) -> list[web.RouteDef]:
     """The routes, bound to a readiness check and a metrics registry.
 
     ``detail=False`` (a public port) answers /readyz without the reason, which
@@ -124,8 +129,9 @@ def ops_routes(*, ready: ReadyCheck, registry: CollectorRegistry,
     return routes
 
 
-def ops_app(*, ready: ReadyCheck, registry: CollectorRegistry,
-            scrape: ScrapeHook | None = None) -> web.Application:
+def ops_app(
+    *, ready: ReadyCheck, registry: CollectorRegistry, scrape: ScrapeHook | None = None
+) -> web.Application:
     """A stand-alone application serving only the ops routes (for the worker)."""
     app = web.Application()
     app.add_routes(ops_routes(ready=ready, registry=registry, scrape=scrape))
@@ -141,8 +147,9 @@ async def quiet_server_header(_: web.Request, response: web.StreamResponse) -> N
     response.headers["Server"] = SERVER_NAME
 
 
-async def start_ops_server(app: web.Application, address: str, *,
-                           reuse_port: bool = False) -> web.AppRunner:
+async def start_ops_server(
+    app: web.Application, address: str, *, reuse_port: bool = False
+) -> web.AppRunner:
     """Serve ``app`` on ``host:port``; call ``runner.cleanup()`` to stop.
 
     ``reuse_port`` lets several processes of one machine serve the same address.

@@ -93,9 +93,14 @@ class FairPool(asyncpg.Pool):
     ``on_wait`` is told how long every wait took.
     """
 
-    def __init__(self, *args: Any, acquire_timeout: float | None = None,
-                 share: int | None = None,
-                 on_wait: Callable[[float], None] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        acquire_timeout: float | None = None,
+        share: int | None = None,
+        on_wait: Callable[[float], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._turns = asyncio.Semaphore(kwargs["max_size"])
         self._acquire_timeout = acquire_timeout
@@ -111,8 +116,7 @@ class FairPool(asyncpg.Pool):
         started = time.perf_counter()
         scope = "customer"
         try:
-            async with asyncio.timeout(timeout if timeout is not None
-                                       else self._acquire_timeout):
+            async with asyncio.timeout(timeout if timeout is not None else self._acquire_timeout):
                 if share is not None:
                     await share.turns.acquire()
                 scope = "pool"
@@ -143,8 +147,7 @@ class FairPool(asyncpg.Pool):
             self._held[id(connection)] = key
         return connection
 
-    async def release(self, connection: Any, *,
-                      timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         held = getattr(connection, "_con", None) is not None  # not released already
         key = self._held.pop(id(connection), None) if held else None
         try:
@@ -178,10 +181,17 @@ class FairPool(asyncpg.Pool):
             self._on_wait(seconds)
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10,
-                      connect_timeout: float = 5.0, acquire_timeout: float | None = None,
-                      share: int | None = None, statement_timeout: float | None = None,
-                      on_wait: Callable[[float], None] | None = None) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    connect_timeout: float = 5.0,
+    acquire_timeout: float | None = None,
+    share: int | None = None,
+    statement_timeout: float | None = None,
+    on_wait: Callable[[float], None] | None = None,
+) -> asyncpg.Pool:
     """A fair pool whose connections resolve names in Gophermart's own schema.
 
     ``command_timeout`` bounds every query so that a stalled database turns

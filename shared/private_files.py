@@ -22,11 +22,13 @@ def read_private(path: Path) -> str:
     """The secret in ``path``, refusing a file of another user or one others can read."""
     info = path.stat()
     if info.st_uid != os.geteuid():
-        raise UnsafeFile(f"{path} belongs to another user (uid {info.st_uid}); "
-                         "it cannot be trusted")
+        raise UnsafeFile(
+            f"{path} belongs to another user (uid {info.st_uid}); it cannot be trusted"
+        )
     if info.st_mode & 0o077:
-        raise UnsafeFile(f"{path} is readable by others (mode {info.st_mode & 0o777:o}); "
-                         f"run: chmod 600 {path}")
+        raise UnsafeFile(
+            f"{path} is readable by others (mode {info.st_mode & 0o777:o}); run: chmod 600 {path}"
+        )
     return path.read_text().strip()
 
 

@@ -17,8 +17,7 @@ log = structlog.get_logger(__name__)
 
 # Seconds: from a busy loop's iteration to a stall of the kind a big synchronous
 # answer causes.
-STALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                 10.0, 30.0)
+STALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # How often the loop is sampled; a stall is seen however long it is.
 LAG_INTERVAL = 0.1
 
@@ -49,11 +48,15 @@ class Stalls:
             "gophermart_event_loop_lag_seconds",
             f"How late the event loop ran a timer due every {LAG_INTERVAL:g} s: the time "
             "every request on it waited, whatever its handler measured.",
-            buckets=STALL_BUCKETS, registry=registry)
+            buckets=STALL_BUCKETS,
+            registry=registry,
+        )
         self.pool_wait = Histogram(
             "gophermart_db_pool_wait_seconds",
-            "Time from asking for a pooled PostgreSQL connection to getting one "
-            "(or giving up).", buckets=STALL_BUCKETS, registry=registry)
+            "Time from asking for a pooled PostgreSQL connection to getting one (or giving up).",
+            buckets=STALL_BUCKETS,
+            registry=registry,
+        )
         self._slow_loop = _Warnings("event loop stalled")
         self._slow_pool = _Warnings("slow to get a database connection")
 

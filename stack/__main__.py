@@ -73,8 +73,12 @@ def lifeline(stop_signal: int) -> Callable[[], None] | None:
 def _spawn(name: str, module: str, env: dict[str, str], *args: str) -> Child:
     # Own session: a terminal's Ctrl-C reaches us alone and we stop the
     # children in order, instead of every process racing its own shutdown.
-    process = subprocess.Popen([sys.executable, "-m", module, *args], env=env,
-                               start_new_session=True, preexec_fn=lifeline(signal.SIGTERM))
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        start_new_session=True,
+        preexec_fn=lifeline(signal.SIGTERM),
+    )
     log.info("started", process=name, child_pid=process.pid)
     return Child(name, process)
 
@@ -108,8 +112,10 @@ def _data_dir_lock(data_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise StackError(f"another gophermart (pid {holder}) is already running with "
-                             f"{data_dir}; stop it first (Ctrl-C or kill {holder})") from None
+            raise StackError(
+                f"another gophermart (pid {holder}) is already running with "
+                f"{data_dir}; stop it first (Ctrl-C or kill {holder})"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -119,26 +125,33 @@ def _data_dir_lock(data_dir: Path) -> Iterator[None]:
 
 def _require_free(port: int, host: str, setting: str) -> None:
     if not port_is_free(port, host):
-        raise StackError(f"port {port} ({setting}) is already in use: another gophermart or "
-                         f"another program listens there; stop it or set {setting}")
+        raise StackError(
+            f"port {port} ({setting}) is already in use: another gophermart or "
+            f"another program listens there; stop it or set {setting}"
+        )
 
 
-async def _ensure_database(server: LocalPostgres, process: subprocess.Popen[bytes],
-                           name: str) -> None:
+async def _ensure_database(
+    server: LocalPostgres, process: subprocess.Popen[bytes], name: str
+) -> None:
     """Wait until the new server accepts connections, then create ``name`` if missing."""
     deadline = time.monotonic() + DATABASE_START_TIMEOUT
     while True:
         if process.poll() is not None:
-            raise StackError(f"PostgreSQL exited at start (code {process.returncode}): "
-                             f"{_last_line(server.root / 'server.log')}")
+            raise StackError(
+                f"PostgreSQL exited at start (code {process.returncode}): "
+                f"{_last_line(server.root / 'server.log')}"
+            )
         try:
             conn = await asyncpg.connect(server.dsn, timeout=2)
             break
         except (OSError, asyncpg.CannotConnectNowError, TimeoutError):
             if time.monotonic() > deadline:
-                raise StackError(f"PostgreSQL did not accept connections within "
-                                 f"{DATABASE_START_TIMEOUT:g} s; see "
-                                 f"{server.root / 'server.log'}") from None
+                raise StackError(
+                    f"PostgreSQL did not accept connections within "
+                    f"{DATABASE_START_TIMEOUT:g} s; see "
+                    f"{server.root / 'server.log'}"
+                ) from None
             await asyncio.sleep(0.1)
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
@@ -165,8 +178,10 @@ def _data_dir(settings: StackSettings) -> Path:
     data_dir.mkdir(mode=0o711 if as_root else 0o700, parents=True, exist_ok=True)
     info = data_dir.stat()
     if info.st_uid != os.geteuid():
-        raise StackError(f"{data_dir} belongs to another user (uid {info.st_uid}): a cluster "
-                         "and a password there cannot be trusted; choose another --data-dir")
+        raise StackError(
+            f"{data_dir} belongs to another user (uid {info.st_uid}): a cluster "
+            "and a password there cannot be trusted; choose another --data-dir"
+        )
     if as_root and not info.st_mode & 0o001:
         data_dir.chmod(info.st_mode & 0o7777 | 0o001)
     return data_dir
@@ -174,14 +189,16 @@ def _data_dir(settings: StackSettings) -> Path:
 
 def _local_server(settings: StackSettings, data_dir: Path) -> LocalPostgres:
     """The cluster under --data-dir, once sure nothing else runs it (lock held)."""
-    server = LocalPostgres(data_dir / "postgres", settings.local_pg_port,
-                           password_file=data_dir / "postgres.password")
+    server = LocalPostgres(
+        data_dir / "postgres", settings.local_pg_port, password_file=data_dir / "postgres.password"
+    )
     pid = server.running_pid()
     if pid is not None:
         raise StackError(
             f"a PostgreSQL server (pid {pid}) is still running on {server.datadir}, "
             f"started by something other than a live gophermart; stop it (pg_ctl -D "
-            f"{server.datadir} stop, as its user) and start again")
+            f"{server.datadir} stop, as its user) and start again"
+        )
     server.forget_stale_pid_file()  # left by a server that died with its machine
     _require_free(server.port, "127.0.0.1", "GOPHERMART_LOCAL_PG_PORT")
     return server
@@ -190,9 +207,12 @@ def _local_server(settings: StackSettings, data_dir: Path) -> LocalPostgres:
 @contextlib.contextmanager
 def _local_postgres(server: LocalPostgres) -> Iterator[tuple[str, Child]]:
     """The cluster, run as our child until the block ends: (DSN, child)."""
-    log.warning("DATABASE_URI is not set: starting a local PostgreSQL",
-                data_dir=str(server.root), port=server.port,
-                password_file=str(server.password_file))
+    log.warning(
+        "DATABASE_URI is not set: starting a local PostgreSQL",
+        data_dir=str(server.root),
+        port=server.port,
+        password_file=str(server.password_file),
+    )
     server.prepare()
     child = Child("postgres", server.spawn(lifeline(signal.SIGINT)), signal.SIGINT)
     log.info("started", process=child.name, child_pid=child.process.pid)
@@ -230,27 +250,34 @@ def _serve(settings: StackSettings, stop: threading.Event) -> int:
                 # run, as gophermart-api does.)
                 secret_file = data_dir / "session.secret"
                 env["SESSION_SECRET"] = kept_secret(secret_file)
-                log.info("SESSION_SECRET is not set: using the one kept in a file",
-                         file=str(secret_file))
+                log.info(
+                    "SESSION_SECRET is not set: using the one kept in a file", file=str(secret_file)
+                )
             env["DATABASE_URI"], postgres = resources.enter_context(_local_postgres(server))
             database.append(postgres)
         children: list[Child] = []
         failed: Child | None = None
         try:
             if settings.accrual_system_address is None:
-                log.warning("ACCRUAL_SYSTEM_ADDRESS is not set: starting the bundled simulator",
-                            address=settings.simulator_address)
+                log.warning(
+                    "ACCRUAL_SYSTEM_ADDRESS is not set: starting the bundled simulator",
+                    address=settings.simulator_address,
+                )
                 sim_env = {**env, "RUN_ADDRESS": settings.simulator_address}
                 children.append(_spawn("accrual-sim", "accrual_sim", sim_env, "--seed-demo"))
                 env["ACCRUAL_SYSTEM_ADDRESS"] = with_scheme(settings.simulator_address)
             children.append(_spawn("api", "api", env))
             children.append(_spawn("worker", "worker", env))
             while not stop.wait(0.2):
-                failed = next((c for c in [*children, *database]
-                               if c.process.poll() is not None), None)
+                failed = next(
+                    (c for c in [*children, *database] if c.process.poll() is not None), None
+                )
                 if failed:
-                    log.error("a process exited; stopping the rest", process=failed.name,
-                              code=failed.process.returncode)
+                    log.error(
+                        "a process exited; stopping the rest",
+                        process=failed.name,
+                        code=failed.process.returncode,
+                    )
                     break
         finally:
             # The API and the worker first, PostgreSQL (the ExitStack) after them.

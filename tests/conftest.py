@@ -30,8 +30,15 @@ _counter = itertools.count()
 
 
 # Passwords and secrets the suite uses: none may ever reach a log line.
-NEVER_LOGGED = ("secret-pass", "stolen-pass", "plain-text-password", "password1",
-                "test-session-secret", "e2e-secret", "$argon2id$")
+NEVER_LOGGED = (
+    "secret-pass",
+    "stolen-pass",
+    "plain-text-password",
+    "password1",
+    "test-session-secret",
+    "e2e-secret",
+    "$argon2id$",
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,8 +71,9 @@ def log_dir() -> Iterator[Path]:
     """A directory for the logs of processes a test starts."""
     # A test's PostgreSQL may still be writing its files (a data dir inside) for a
     # moment after the test: a clean-up that loses that race is no failure.
-    with tempfile.TemporaryDirectory(prefix="gophermart-logs-",
-                                     ignore_cleanup_errors=True) as directory:
+    with tempfile.TemporaryDirectory(
+        prefix="gophermart-logs-", ignore_cleanup_errors=True
+    ) as directory:
         # Traversable, so that a PostgreSQL started inside as another user can reach it.
         Path(directory).chmod(0o755)
         yield Path(directory)
@@ -118,8 +126,12 @@ SECRET = "test-session-secret-8c41f0d2e9b7a536"
 
 @pytest.fixture
 def api_settings(database_uri: str) -> ApiSettings:
-    return ApiSettings(database_uri=database_uri, session_secret=SECRET,
-                       login_max_failures=0, register_max_per_address=0)
+    return ApiSettings(
+        database_uri=database_uri,
+        session_secret=SECRET,
+        login_max_failures=0,
+        register_max_per_address=0,
+    )
 
 
 @pytest.fixture
@@ -130,8 +142,7 @@ async def client(api_settings: ApiSettings, aiohttp_client: Any) -> TestClient:
 
 async def register(client: TestClient, login: str, password: str = "secret-pass") -> str:
     """Register a user and return the ``Authorization`` header value handed out."""
-    response = await client.post("/api/user/register",
-                                 json={"login": login, "password": password})
+    response = await client.post("/api/user/register", json={"login": login, "password": password})
     assert response.status == 200, await response.text()
     return response.headers["Authorization"]
 
@@ -142,9 +153,20 @@ async def credit(pool: asyncpg.Pool, user_login: str, amount: str, order: str) -
         user_id = await conn.fetchval("SELECT id FROM users WHERE login = $1", user_login)
         await conn.execute(
             "INSERT INTO orders (number, user_id, status, accrual) "
-            "VALUES ($1, $2, 'PROCESSED', $3)", order, user_id, Decimal(amount))
+            "VALUES ($1, $2, 'PROCESSED', $3)",
+            order,
+            user_id,
+            Decimal(amount),
+        )
         await conn.execute(
             "INSERT INTO ledger (user_id, kind, order_number, amount) "
-            "VALUES ($1, 'accrual', $2, $3)", user_id, order, Decimal(amount))
-        await conn.execute("UPDATE balances SET current = current + $2 WHERE user_id = $1",
-                           user_id, Decimal(amount))
+            "VALUES ($1, 'accrual', $2, $3)",
+            user_id,
+            order,
+            Decimal(amount),
+        )
+        await conn.execute(
+            "UPDATE balances SET current = current + $2 WHERE user_id = $1",
+            user_id,
+            Decimal(amount),
+        )

@@ -75,9 +75,13 @@ class HostileAccrual:
         return web.json_response({"scripted": len(self.script)})
 
     async def _requests(self, request: web.Request) -> web.Response:
-        return web.json_response({"asked": dict(self.asked),
-                                  "by_behaviour": dict(self.by_behaviour),
-                                  "trap_hits": self.trap_hits})
+        return web.json_response(
+            {
+                "asked": dict(self.asked),
+                "by_behaviour": dict(self.by_behaviour),
+                "trap_hits": self.trap_hits,
+            }
+        )
 
     async def _trap(self, request: web.Request) -> web.Response:
         self.trap_hits += 1
@@ -94,8 +98,7 @@ class HostileAccrual:
         self.by_behaviour[behaviour.split(":")[0]] += 1
         return await self.answer(request, number, behaviour)
 
-    async def answer(self, request: web.Request, number: str,
-                     behaviour: str) -> web.StreamResponse:
+    async def answer(self, request: web.Request, number: str, behaviour: str) -> web.StreamResponse:
         name, _, arg = behaviour.partition(":")
         match name:
             case "proxy":
@@ -103,26 +106,32 @@ class HostileAccrual:
             case "unknown":
                 return web.Response(status=204)
             case "processed":
-                return web.Response(body=_order_body(number, "PROCESSED", arg or "1"),
-                                    content_type=JSON)
+                return web.Response(
+                    body=_order_body(number, "PROCESSED", arg or "1"), content_type=JSON
+                )
             case "registered":
                 return web.Response(body=_order_body(number, "REGISTERED"), content_type=JSON)
             case "huge":
-                return web.Response(body=b" " * (5 * 1024 * 1024) + _order_body(number, "INVALID"),
-                                    content_type=JSON)
+                return web.Response(
+                    body=b" " * (5 * 1024 * 1024) + _order_body(number, "INVALID"),
+                    content_type=JSON,
+                )
             case "huge_chunked":
                 return await self._stream(request, b" " * 65536, times=100, pause=0.0)
             case "gzip_bomb" | "deflate_bomb":
                 kind = "gzip" if name == "gzip_bomb" else "deflate"
-                return web.Response(body=_bomb(kind), content_type=JSON,
-                                    headers={"Content-Encoding": kind})
+                return web.Response(
+                    body=_bomb(kind), content_type=JSON, headers={"Content-Encoding": kind}
+                )
             case "nested_gzip":
                 body = gzip.compress(gzip.compress(_order_body(number, "PROCESSED", "5")))
-                return web.Response(body=body, content_type=JSON,
-                                    headers={"Content-Encoding": "gzip, gzip"})
+                return web.Response(
+                    body=body, content_type=JSON, headers={"Content-Encoding": "gzip, gzip"}
+                )
             case "brotli":
-                return web.Response(body=b"\x8b\x02\x80" * 10, content_type=JSON,
-                                    headers={"Content-Encoding": "br"})
+                return web.Response(
+                    body=b"\x8b\x02\x80" * 10, content_type=JSON, headers={"Content-Encoding": "br"}
+                )
             case "drip":
                 return await self._stream(request, b" ", times=600, pause=0.1)
             case "slow":
@@ -133,25 +142,29 @@ class HostileAccrual:
             case "redirect_external":
                 raise web.HTTPMovedPermanently("http://203.0.113.7/api/orders/" + number)
             case "lie_order":
-                return web.Response(body=_order_body("12345678903", "PROCESSED", "1000"),
-                                    content_type=JSON)
+                return web.Response(
+                    body=_order_body("12345678903", "PROCESSED", "1000"), content_type=JSON
+                )
             case "bad_json":
-                return web.Response(body=b'{"order": "' + number.encode() + b'", "status":',
-                                    content_type=JSON)
+                return web.Response(
+                    body=b'{"order": "' + number.encode() + b'", "status":', content_type=JSON
+                )
             case "wrong_shape":
-                return web.Response(body=json.dumps([number, "PROCESSED", 5]).encode(),
-                                    content_type=JSON)
+                return web.Response(
+                    body=json.dumps([number, "PROCESSED", 5]).encode(), content_type=JSON
+                )
             case "deep":
                 return web.Response(body=b"[" * 30000 + b"]" * 30000, content_type=JSON)
             case "accrual_string":
-                return web.Response(body=_order_body(number, "PROCESSED", '"500"'),
-                                    content_type=JSON)
+                return web.Response(
+                    body=_order_body(number, "PROCESSED", '"500"'), content_type=JSON
+                )
             case "accrual_negative":
-                return web.Response(body=_order_body(number, "PROCESSED", "-5"),
-                                    content_type=JSON)
+                return web.Response(body=_order_body(number, "PROCESSED", "-5"), content_type=JSON)
             case "accrual_huge":
-                return web.Response(body=_order_body(number, "PROCESSED", "1e30"),
-                                    content_type=JSON)
+                return web.Response(
+                    body=_order_body(number, "PROCESSED", "1e30"), content_type=JSON
+                )
             case "unknown_status":
                 return web.Response(body=_order_body(number, "DONE", "5"), content_type=JSON)
             case "teapot":
@@ -165,8 +178,9 @@ class HostileAccrual:
                 return web.Response(status=429, text=text, headers=headers)
         raise AssertionError(f"unknown behaviour {behaviour!r}")
 
-    async def _stream(self, request: web.Request, chunk: bytes, *, times: int,
-                      pause: float) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, chunk: bytes, *, times: int, pause: float
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": JSON})
         await response.prepare(request)
         try:
@@ -181,11 +195,13 @@ class HostileAccrual:
         assert self.upstream is not None
         if self._session is None:
             self._session = aiohttp.ClientSession(auto_decompress=False)
-        async with self._session.get(f"{self.upstream}/api/orders/{number}",
-                                     allow_redirects=False) as resp:
+        async with self._session.get(
+            f"{self.upstream}/api/orders/{number}", allow_redirects=False
+        ) as resp:
             body = await resp.read()
-            headers = {k: v for k, v in resp.headers.items()
-                       if k in ("Retry-After", "Content-Type")}
+            headers = {
+                k: v for k, v in resp.headers.items() if k in ("Retry-After", "Content-Type")
+            }
             return web.Response(status=resp.status, body=body, headers=headers)
 
 
@@ -195,8 +211,7 @@ def main() -> None:
     parser.add_argument("--upstream", default=None)
     args = parser.parse_args()
     hostile = HostileAccrual(upstream=args.upstream)
-    web.run_app(hostile.app(), host="127.0.0.1", port=args.port, print=None,
-                access_log=None)
+    web.run_app(hostile.app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

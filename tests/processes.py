@@ -13,8 +13,11 @@ from pathlib import Path
 from shared.localpg import free_port
 
 
-def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None,
-                  ) -> None:
+def wait_for_port(
+    port: int,
+    timeout: float = 20.0,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -28,9 +31,16 @@ def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen[by
 class Service:
     """One child process of ours (``python -m <module>``) with its log in a file."""
 
-    def __init__(self, name: str, module: str, env: dict[str, str], log_dir: Path,
-                 args: tuple[str, ...] = (), port: int | None = None,
-                 preexec: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        env: dict[str, str],
+        log_dir: Path,
+        args: tuple[str, ...] = (),
+        port: int | None = None,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
         self.name = name
         self.module = module
         self.env = {**os.environ, "LOG_FORMAT": "json", **env}
@@ -42,9 +52,13 @@ class Service:
 
     def start(self) -> "Service":
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args],
-                                        env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                        preexec_fn=self.preexec)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module, *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec,
+        )
         log.close()
         if self.port is not None:
             wait_for_port(self.port, process=self.process)

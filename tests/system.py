@@ -61,32 +61,67 @@ class Stack:
     front: Service | None = None
 
     @classmethod
-    async def start(cls, database_uri: str, log_dir: Path, *, workers: int = 2,
-                    sim_args: tuple[str, ...] = ("--delay", "0"),
-                    worker_env: dict[str, str] | None = None,
-                    api_env: dict[str, str] | None = None,
-                    hostile_front: bool = False) -> "Stack":
+    async def start(
+        cls,
+        database_uri: str,
+        log_dir: Path,
+        *,
+        workers: int = 2,
+        sim_args: tuple[str, ...] = ("--delay", "0"),
+        worker_env: dict[str, str] | None = None,
+        api_env: dict[str, str] | None = None,
+        hostile_front: bool = False,
+    ) -> "Stack":
         sim_port, api_port = free_port(), free_port()
-        sim = Service("accrual-sim", "accrual_sim", {"RUN_ADDRESS": f"127.0.0.1:{sim_port}"},
-                      log_dir, sim_args, port=sim_port).start()
+        sim = Service(
+            "accrual-sim",
+            "accrual_sim",
+            {"RUN_ADDRESS": f"127.0.0.1:{sim_port}"},
+            log_dir,
+            sim_args,
+            port=sim_port,
+        ).start()
         front = None
         accrual_port = sim_port
         if hostile_front:
             accrual_port = free_port()
-            front = Service("hostile-front", "tests.hostile_accrual", {}, log_dir,
-                            ("--port", str(accrual_port), "--upstream", service_url(sim_port)),
-                            port=accrual_port).start()
-        common = {"DATABASE_URI": database_uri,
-                  "ACCRUAL_SYSTEM_ADDRESS": f"127.0.0.1:{accrual_port}"}
-        api = Service("api", "api", {**common, "RUN_ADDRESS": f"127.0.0.1:{api_port}",
-                                     "SESSION_SECRET": SESSION_SECRET,
-                                     "LOGIN_MAX_FAILURES": "0", "REGISTER_MAX_PER_ADDRESS": "0",
-                                     **(api_env or {})},
-                      log_dir, port=api_port).start()
+            front = Service(
+                "hostile-front",
+                "tests.hostile_accrual",
+                {},
+                log_dir,
+                ("--port", str(accrual_port), "--upstream", service_url(sim_port)),
+                port=accrual_port,
+            ).start()
+        common = {
+            "DATABASE_URI": database_uri,
+            "ACCRUAL_SYSTEM_ADDRESS": f"127.0.0.1:{accrual_port}",
+        }
+        api = Service(
+            "api",
+            "api",
+            {
+                **common,
+                "RUN_ADDRESS": f"127.0.0.1:{api_port}",
+                "SESSION_SECRET": SESSION_SECRET,
+                "LOGIN_MAX_FAILURES": "0",
+                "REGISTER_MAX_PER_ADDRESS": "0",
+                **(api_env or {}),
+            },
+            log_dir,
+            port=api_port,
+        ).start()
         env = {**common, "WORKER_POLL_INTERVAL": "0.5", **(worker_env or {})}
         connector = aiohttp.TCPConnector(limit=32)
-        stack = cls(log_dir, database_uri, sim, api, aiohttp.ClientSession(connector=connector),
-                    env, front=front)
+        stack = cls(
+            log_dir,
+            database_uri,
+            sim,
+            api,
+            aiohttp.ClientSession(connector=connector),
+            env,
+            front=front,
+        )
         for _ in range(workers):
             stack.add_worker()
         return stack
@@ -115,8 +150,9 @@ class Stack:
         return [w for w in self.workers if w.running]
 
     def add_worker(self) -> Service:
-        worker = Service(f"worker-{len(self.workers) + 1}", "worker", self.worker_env,
-                         self.log_dir).start()
+        worker = Service(
+            f"worker-{len(self.workers) + 1}", "worker", self.worker_env, self.log_dir
+        ).start()
         self.workers.append(worker)
         return worker
 
@@ -131,15 +167,18 @@ class Stack:
         return {s.name: s.log() for s in self.services()}
 
     def logs_tail(self, lines: int = 25) -> str:
-        return "\n".join(f"--- {name} ---\n" + "\n".join(text.splitlines()[-lines:])
-                         for name, text in self.logs().items())
+        return "\n".join(
+            f"--- {name} ---\n" + "\n".join(text.splitlines()[-lines:])
+            for name, text in self.logs().items()
+        )
 
     # -- the accrual simulator's admin side ------------------------------------
 
     async def sim_rule(self, match: str, reward: str, kind: str) -> None:
         body = f'{{"match": "{match}", "reward": {reward}, "reward_type": "{kind}"}}'
-        async with self.http.post(f"{self.sim_url}/api/goods", data=body,
-                                  headers={"Content-Type": "application/json"}) as response:
+        async with self.http.post(
+            f"{self.sim_url}/api/goods", data=body, headers={"Content-Type": "application/json"}
+        ) as response:
             assert response.status == 200, await response.text()
 
     async def sim_rules(self) -> None:
@@ -149,8 +188,11 @@ class Stack:
     async def sim_order(self, number: str, goods: list[tuple[str, str]]) -> int:
         items = ", ".join(f'{{"description": {json.dumps(d)}, "price": {p}}}' for d, p in goods)
         body = f'{{"order": "{number}", "goods": [{items}]}}'
-        async with self.http.post(f"{self.sim_url}/api/orders", data=body.encode(),
-                                  headers={"Content-Type": "application/json"}) as response:
+        async with self.http.post(
+            f"{self.sim_url}/api/orders",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        ) as response:
             return response.status
 
     async def sim_stats(self) -> dict[str, Any]:
@@ -162,8 +204,9 @@ class Stack:
 
     async def hostile_script(self, script: dict[str, str]) -> None:
         assert self.front is not None and self.front.port is not None
-        async with self.http.post(f"{service_url(self.front.port)}/hostile/script",
-                                  json=script) as response:
+        async with self.http.post(
+            f"{service_url(self.front.port)}/hostile/script", json=script
+        ) as response:
             assert response.status == 200, await response.text()
 
     async def hostile_requests(self) -> dict[str, Any]:
@@ -175,23 +218,27 @@ class Stack:
     # -- the API ---------------------------------------------------------------
 
     async def register(self, login: str, password: str = "e2e-password-5d0b") -> str:
-        async with self.http.post(f"{self.api_url}/api/user/register",
-                                  json={"login": login, "password": password}) as response:
+        async with self.http.post(
+            f"{self.api_url}/api/user/register", json={"login": login, "password": password}
+        ) as response:
             assert response.status == 200, await response.text()
             return response.headers["Authorization"]
 
     async def upload(self, token: str, number: str) -> int:
-        async with self.http.post(f"{self.api_url}/api/user/orders", data=number,
-                                  headers={"Authorization": token,
-                                           "Content-Type": "text/plain"}) as response:
+        async with self.http.post(
+            f"{self.api_url}/api/user/orders",
+            data=number,
+            headers={"Authorization": token, "Content-Type": "text/plain"},
+        ) as response:
             await response.read()
             return response.status
 
     async def withdraw(self, token: str, order: str, amount: Decimal) -> int:
-        async with self.http.post(f"{self.api_url}/api/user/balance/withdraw",
-                                  data=f'{{"order": "{order}", "sum": {amount}}}',
-                                  headers={"Authorization": token,
-                                           "Content-Type": "application/json"}) as response:
+        async with self.http.post(
+            f"{self.api_url}/api/user/balance/withdraw",
+            data=f'{{"order": "{order}", "sum": {amount}}}',
+            headers={"Authorization": token, "Content-Type": "application/json"},
+        ) as response:
             await response.read()
             return response.status
 
@@ -204,8 +251,14 @@ class Stack:
             return response.status, body
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, within: float, what: str,
-                     every: float = 0.1, context: Callable[[], str] | None = None) -> float:
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    *,
+    within: float,
+    what: str,
+    every: float = 0.1,
+    context: Callable[[], str] | None = None,
+) -> float:
     """Poll ``check`` until true; the seconds it took. Fails after ``within`` seconds."""
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -220,5 +273,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, within: float, wha
 def leaked_secrets(logs: dict[str, str], secrets: Iterable[str]) -> list[tuple[str, str]]:
     """(process, secret) for every secret found in a process's log; `$argon2id$` always."""
     needles = {s for s in secrets if s} | {"$argon2id$"}
-    return [(name, needle) for name, text in logs.items() for needle in sorted(needles)
-            if needle in text]
+    return [
+        (name, needle)
+        for name, text in logs.items()
+        for needle in sorted(needles)
+        if needle in text
+    ]

@@ -13,13 +13,18 @@ def _lines(path: Path) -> list[dict[str, object]]:
 
 
 async def test_each_request_logs_one_line_with_id_status_latency_and_user(
-        client: TestClient, captured_logs: Path) -> None:
+    client: TestClient, captured_logs: Path
+) -> None:
     token = await register(client, "logged", "hunter2-password")
-    response = await client.get("/api/user/balance",
-                                headers={"Authorization": token, "X-Request-ID": "trace-123"})
+    response = await client.get(
+        "/api/user/balance", headers={"Authorization": token, "X-Request-ID": "trace-123"}
+    )
     assert response.status == 200
-    access = [line for line in _lines(captured_logs)
-              if line.get("event") == "request" and line.get("request_id") == "trace-123"]
+    access = [
+        line
+        for line in _lines(captured_logs)
+        if line.get("event") == "request" and line.get("request_id") == "trace-123"
+    ]
     assert len(access) == 1
     line = access[0]
     assert line["method"] == "GET" and line["path"] == "/api/user/balance"
@@ -33,6 +38,7 @@ async def test_each_request_logs_one_line_with_id_status_latency_and_user(
 
 def test_bound_secret_keys_are_redacted(captured_logs: Path) -> None:
     import structlog
+
     structlog.get_logger("test").warning("careless", password="p@ss-in-log", token="tok-x")
     text = captured_logs.read_text()
     assert "careless" in text

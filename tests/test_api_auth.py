@@ -31,8 +31,7 @@ PROTECTED = [
 
 
 async def test_register_answers_200_with_cookie_and_bearer_header(client: TestClient) -> None:
-    response = await client.post("/api/user/register",
-                                 json={"login": "alice", "password": "pw"})
+    response = await client.post("/api/user/register", json={"login": "alice", "password": "pw"})
     assert response.status == 200
     assert response.content_type == "application/json"
     token = response.headers["Authorization"]
@@ -40,7 +39,7 @@ async def test_register_answers_200_with_cookie_and_bearer_header(client: TestCl
     cookie = response.cookies[COOKIE_NAME]
     assert cookie.value == token.removeprefix("Bearer ")
     # Sent unquoted (no base64 padding): what a browser stores is the bearer token.
-    assert f'{COOKIE_NAME}={cookie.value};' in response.headers["Set-Cookie"]
+    assert f"{COOKIE_NAME}={cookie.value};" in response.headers["Set-Cookie"]
     assert cookie["httponly"] is True
     assert cookie["samesite"] == "Lax"
     assert cookie["path"] == "/"
@@ -48,9 +47,11 @@ async def test_register_answers_200_with_cookie_and_bearer_header(client: TestCl
 
 
 async def test_register_accepts_username_alias(client: TestClient) -> None:
-    response = await client.post("/api/user/register",
-                                 data='{"username": "user1", "password": "password1"}',
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/api/user/register",
+        data='{"username": "user1", "password": "password1"}',
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status == 200
     login = await client.post("/api/user/login", json={"login": "user1", "password": "password1"})
     assert login.status == 200
@@ -74,10 +75,13 @@ async def test_login_right_password_200_and_token_works(client: TestClient) -> N
     assert balance.status == 200
 
 
-@pytest.mark.parametrize("body", [
-    {"login": "carol", "password": "wrong"},
-    {"login": "nobody", "password": "right"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"login": "carol", "password": "wrong"},
+        {"login": "nobody", "password": "right"},
+    ],
+)
 async def test_login_wrong_pair_is_401(client: TestClient, body: dict[str, str]) -> None:
     await register(client, "carol", "right")
     response = await client.post("/api/user/login", json=body)
@@ -95,15 +99,16 @@ async def test_bearer_alone_authenticates(client: TestClient) -> None:
     token = await register(client, "erin")
     client.session.cookie_jar.clear()
     assert (await client.get("/api/user/balance")).status == 401
-    assert (await client.get("/api/user/balance",
-                             headers={"Authorization": token})).status == 200
+    assert (await client.get("/api/user/balance", headers={"Authorization": token})).status == 200
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
 async def test_anonymous_gets_401_even_with_a_bad_body(
-        client: TestClient, method: str, path: str) -> None:
-    response = await client.request(method, path, data=b"{not json",
-                                    headers={"Content-Type": "application/json"})
+    client: TestClient, method: str, path: str
+) -> None:
+    response = await client.request(
+        method, path, data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert response.status == 401
     assert response.content_type == "application/json"
 
@@ -118,12 +123,13 @@ async def test_tampered_token_and_cookie_are_401(client: TestClient) -> None:
     token = (await register(client, "frank")).removeprefix("Bearer ")
     client.session.cookie_jar.clear()
     forged = _tamper(token)
-    assert (await client.get("/api/user/balance",
-                             headers={"Authorization": f"Bearer {forged}"})).status == 401
-    assert (await client.get("/api/user/balance",
-                             cookies={COOKIE_NAME: forged})).status == 401
-    assert (await client.get("/api/user/balance",
-                             headers={"Authorization": token})).status == 401  # no "Bearer "
+    assert (
+        await client.get("/api/user/balance", headers={"Authorization": f"Bearer {forged}"})
+    ).status == 401
+    assert (await client.get("/api/user/balance", cookies={COOKIE_NAME: forged})).status == 401
+    assert (
+        await client.get("/api/user/balance", headers={"Authorization": token})
+    ).status == 401  # no "Bearer "
 
 
 def _sealed(secret: str, payload: object, at: int | None = None) -> str:
@@ -134,8 +140,13 @@ def _sealed(secret: str, payload: object, at: int | None = None) -> str:
 
 
 def _claims(user_id: int = 1, *, exp: int | None = None, **extra: object) -> dict[str, object]:
-    return {"uid": user_id, "gen": 0, "exp": exp or int(time.time()) + 3600,
-            "sid": base64.urlsafe_b64encode(b"s" * 16).decode(), **extra}
+    return {
+        "uid": user_id,
+        "gen": 0,
+        "exp": exp or int(time.time()) + 3600,
+        "sid": base64.urlsafe_b64encode(b"s" * 16).decode(),
+        **extra,
+    }
 
 
 async def _status(client: TestClient, token: str) -> int:
@@ -161,15 +172,18 @@ async def test_expired_token_is_401(client: TestClient) -> None:
     assert await _status(client, _sealed(SECRET, _claims(exp=int(time.time()) - 1))) == 401
 
 
-@pytest.mark.parametrize("payload", [
-    {"created": 0, "session": {"uid": 1}},  # the format of the earlier build
-    _claims(sid=base64.urlsafe_b64encode(b"short").decode()),
-    _claims(uid="1"),
-    _claims(gen=True),
-    _claims(gen=1),  # a generation the user never had
-    _claims(user_id=999),  # no such user
-    [1, 2, 3],
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"created": 0, "session": {"uid": 1}},  # the format of the earlier build
+        _claims(sid=base64.urlsafe_b64encode(b"short").decode()),
+        _claims(uid="1"),
+        _claims(gen=True),
+        _claims(gen=1),  # a generation the user never had
+        _claims(user_id=999),  # no such user
+        [1, 2, 3],
+    ],
+)
 async def test_sealed_but_wrong_claims_are_401(client: TestClient, payload: object) -> None:
     await register(client, "ines")
     client.session.cookie_jar.clear()
@@ -187,8 +201,10 @@ async def test_other_spellings_of_a_valid_token_are_401(client: TestClient) -> N
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
     spare = alphabet[alphabet.index(last) ^ 0b0001]
     body = token.rstrip("=")
-    variants = [body[:10] + "." + body[10:],  # a character base64 decoding skips
-                body[:-1] + spare]  # the same bytes, other spare bits
+    variants = [
+        body[:10] + "." + body[10:],  # a character base64 decoding skips
+        body[:-1] + spare,
+    ]  # the same bytes, other spare bits
     for variant in variants:
         assert base64.urlsafe_b64decode(variant + "==") == base64.urlsafe_b64decode(token + "==")
         assert await _status(client, variant) == 401, variant
@@ -229,8 +245,9 @@ def test_argon2_parameters_meet_owasp_guidance() -> None:
         passwords.close()
 
 
-async def test_passwords_are_stored_as_argon2id_hashes(client: TestClient,
-                                                       pool: asyncpg.Pool) -> None:
+async def test_passwords_are_stored_as_argon2id_hashes(
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     await register(client, "kate", "plain-text-password")
     stored = await pool.fetchval("SELECT password_hash FROM users WHERE login = 'kate'")
     assert stored.startswith("$argon2id$")
@@ -248,16 +265,16 @@ async def test_unknown_login_verifies_against_a_decoy_hash() -> None:
         passwords.close()
 
 
-async def test_repeated_failed_logins_are_throttled(aiohttp_client: Any,
-                                                   api_settings: ApiSettings) -> None:
+async def test_repeated_failed_logins_are_throttled(
+    aiohttp_client: Any, api_settings: ApiSettings
+) -> None:
     settings = replace(api_settings, login_max_failures=3, login_window=60)
     client: TestClient = await aiohttp_client(create_app(settings))
     await register(client, "mallory", "right")
     for _ in range(3):
         bad = await client.post("/api/user/login", json={"login": "mallory", "password": "no"})
         assert bad.status == 401
-    throttled = await client.post("/api/user/login",
-                                  json={"login": "mallory", "password": "right"})
+    throttled = await client.post("/api/user/login", json={"login": "mallory", "password": "right"})
     assert throttled.status == 429
     assert int(throttled.headers["Retry-After"]) >= 1
     assert (await throttled.json())["error"]

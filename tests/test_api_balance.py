@@ -12,9 +12,11 @@ from tests.conftest import credit, register
 
 
 async def withdraw(client: TestClient, token: str, order: str, amount: object) -> int:
-    response = await client.post("/api/user/balance/withdraw",
-                                 json={"order": order, "sum": amount},
-                                 headers={"Authorization": token})
+    response = await client.post(
+        "/api/user/balance/withdraw",
+        json={"order": order, "sum": amount},
+        headers={"Authorization": token},
+    )
     return response.status
 
 
@@ -64,7 +66,8 @@ async def test_withdraw_statuses(client: TestClient, pool: asyncpg.Pool) -> None
 
 
 async def test_retry_of_a_paid_order_is_200_even_when_balance_is_now_short(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     token = await register(client, "retrier")
     await credit(pool, "retrier", "100", "79927398713")
     assert await withdraw(client, token, "2377225624", 100) == 200
@@ -73,10 +76,12 @@ async def test_retry_of_a_paid_order_is_200_even_when_balance_is_now_short(
     assert body == {"current": 0, "withdrawn": 100}
 
 
-@pytest.mark.parametrize("amount", [0, -1, -0.01, 0.001, 1.005, "10", None, True,
-                                    [1], {"v": 1}, 1e20])
-async def test_bad_sums_are_400_and_change_nothing(client: TestClient, pool: asyncpg.Pool,
-                                                   amount: object) -> None:
+@pytest.mark.parametrize(
+    "amount", [0, -1, -0.01, 0.001, 1.005, "10", None, True, [1], {"v": 1}, 1e20]
+)
+async def test_bad_sums_are_400_and_change_nothing(
+    client: TestClient, pool: asyncpg.Pool, amount: object
+) -> None:
     token = await register(client, "badsum")
     await credit(pool, "badsum", "100", "79927398713")
     assert await withdraw(client, token, "2377225624", amount) == 400
@@ -85,19 +90,31 @@ async def test_bad_sums_are_400_and_change_nothing(client: TestClient, pool: asy
     assert await pool.fetchval("SELECT count(*) FROM ledger WHERE kind = 'withdrawal'") == 0
 
 
-@pytest.mark.parametrize("body", ['{"sum": 1}', '{"order": "2377225624"}', "{bad", "[]", "",
-                                  '{"order": 2377225624.5, "sum": 1}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"sum": 1}',
+        '{"order": "2377225624"}',
+        "{bad",
+        "[]",
+        "",
+        '{"order": 2377225624.5, "sum": 1}',
+    ],
+)
 async def test_malformed_withdrawal_is_400(client: TestClient, body: str) -> None:
     token = await register(client, "malformed")
-    response = await client.post("/api/user/balance/withdraw", data=body,
-                                 headers={"Authorization": token,
-                                          "Content-Type": "application/json"})
+    response = await client.post(
+        "/api/user/balance/withdraw",
+        data=body,
+        headers={"Authorization": token, "Content-Type": "application/json"},
+    )
     assert response.status == 400
     assert (await response.json())["error"]
 
 
 async def test_withdrawals_list_newest_first_on_both_paths(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     token = await register(client, "history")
     await credit(pool, "history", "1000", "79927398713")
     for path in ("/api/user/withdrawals", "/api/user/balance/withdrawals"):
@@ -116,8 +133,9 @@ async def test_withdrawals_list_newest_first_on_both_paths(
         assert all(w["processed_at"].endswith("+00:00") for w in listed)
 
 
-async def test_concurrent_withdrawals_never_overdraw(client: TestClient,
-                                                     pool: asyncpg.Pool) -> None:
+async def test_concurrent_withdrawals_never_overdraw(
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     """50 withdrawals of 30 race for a balance of 1000: exactly 33 succeed."""
     token = await register(client, "racer")
     await credit(pool, "racer", "1000", "79927398713")
@@ -128,15 +146,16 @@ async def test_concurrent_withdrawals_never_overdraw(client: TestClient,
     _, body = await balance(client, token)
     assert body == {"current": 10, "withdrawn": 990}
     assert await pool.fetchval(
-        "SELECT sum(amount) FROM ledger WHERE kind = 'withdrawal'") == Decimal("990.00")
+        "SELECT sum(amount) FROM ledger WHERE kind = 'withdrawal'"
+    ) == Decimal("990.00")
 
 
 async def test_same_withdrawal_from_many_connections_charges_once(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     token = await register(client, "hammer")
     await credit(pool, "hammer", "100", "79927398713")
-    statuses = await asyncio.gather(*(withdraw(client, token, "2377225624", 60)
-                                      for _ in range(20)))
+    statuses = await asyncio.gather(*(withdraw(client, token, "2377225624", 60) for _ in range(20)))
     assert statuses == [200] * 20
     _, body = await balance(client, token)
     assert body == {"current": 40, "withdrawn": 60}
@@ -145,8 +164,8 @@ async def test_same_withdrawal_from_many_connections_charges_once(
 async def test_database_refuses_a_negative_balance(pool: asyncpg.Pool) -> None:
     """The backstop under the guarded UPDATE: CHECK (current >= 0)."""
     user_id = await pool.fetchval(
-        "INSERT INTO users (login, password_hash) VALUES ('x', 'h') RETURNING id")
+        "INSERT INTO users (login, password_hash) VALUES ('x', 'h') RETURNING id"
+    )
     await pool.execute("INSERT INTO balances (user_id) VALUES ($1)", user_id)
     with pytest.raises(asyncpg.CheckViolationError):
-        await pool.execute("UPDATE balances SET current = current - 1 WHERE user_id = $1",
-                           user_id)
+        await pool.execute("UPDATE balances SET current = current - 1 WHERE user_id = $1", user_id)

@@ -26,6 +26,7 @@ WITHDRAW = "/api/user/balance/withdraw"
 
 # --- the hashing queue --------------------------------------------------------
 
+
 async def test_hash_queue_serves_logins_first_and_refuses_beyond_its_bound() -> None:
     queue = HashQueue(slots=1, limit=8, per_address=2)  # registrations may queue 2
     order: list[str] = []
@@ -38,9 +39,11 @@ async def test_hash_queue_serves_logins_first_and_refuses_beyond_its_bound() -> 
 
     first = asyncio.create_task(job(Work.REGISTRATION, "r0", "a"))
     await asyncio.sleep(0)
-    waiting = [asyncio.create_task(job(Work.REGISTRATION, "r1", "b")),
-               asyncio.create_task(job(Work.REGISTRATION, "r2", "c")),
-               asyncio.create_task(job(Work.LOGIN, "l1", "d"))]
+    waiting = [
+        asyncio.create_task(job(Work.REGISTRATION, "r1", "b")),
+        asyncio.create_task(job(Work.REGISTRATION, "r2", "c")),
+        asyncio.create_task(job(Work.LOGIN, "l1", "d")),
+    ]
     await asyncio.sleep(0)
     assert queue.waiting(Work.REGISTRATION) == 2 and queue.waiting(Work.LOGIN) == 1
     with pytest.raises(HashingBusy) as full:  # a third registration may not queue
@@ -107,20 +110,26 @@ async def _occupied(app: web.Application) -> AsyncIterator[None]:
 
 
 async def test_a_full_hashing_queue_answers_503_promptly(
-        aiohttp_client: Any, api_settings: ApiSettings) -> None:
-    settings = replace(api_settings, hash_concurrency=1, hash_queue=4,
-                       trusted_proxies="127.0.0.1")
+    aiohttp_client: Any, api_settings: ApiSettings
+) -> None:
+    settings = replace(api_settings, hash_concurrency=1, hash_queue=4, trusted_proxies="127.0.0.1")
     client: TestClient = await aiohttp_client(create_app(settings))
     async with _occupied(client.app):
         # One registration may wait (a quarter of 4); the next is refused at once.
-        waiting = asyncio.create_task(client.post(
-            "/api/user/register", json={"login": "w", "password": "secret-pass"},
-            headers={"X-Forwarded-For": "192.0.2.1"}))
+        waiting = asyncio.create_task(
+            client.post(
+                "/api/user/register",
+                json={"login": "w", "password": "secret-pass"},
+                headers={"X-Forwarded-For": "192.0.2.1"},
+            )
+        )
         while client.app[PASSWORDS].queue.waiting(Work.REGISTRATION) == 0:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-        refused = await client.post("/api/user/register",
-                                    json={"login": "r", "password": "secret-pass"},
-                                    headers={"X-Forwarded-For": "192.0.2.2"})
+        refused = await client.post(
+            "/api/user/register",
+            json={"login": "r", "password": "secret-pass"},
+            headers={"X-Forwarded-For": "192.0.2.2"},
+        )
         assert refused.status == 503
         assert refused.headers["Retry-After"] == "1"
         assert "password checks" in (await refused.json())["error"]
@@ -129,11 +138,15 @@ async def test_a_full_hashing_queue_answers_503_promptly(
 
 # --- JSON means application/json --------------------------------------------
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x", None])
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
+)
 @pytest.mark.parametrize("path", ["/api/user/register", "/api/user/login", WITHDRAW])
 async def test_json_endpoints_refuse_other_content_types(
-        client: TestClient, pool: asyncpg.Pool, path: str, content_type: str | None) -> None:
+    client: TestClient, pool: asyncpg.Pool, path: str, content_type: str | None
+) -> None:
     token = await register(client, "typed")
     await credit(pool, "typed", "100", "79927398713")
     body = '{"login": "typed2", "password": "secret-pass", "order": "2377225624", "sum": 1}'
@@ -143,19 +156,21 @@ async def test_json_endpoints_refuse_other_content_types(
     response = await client.post(path, data=body.encode(), headers=headers)
     assert response.status == 415
     assert (await response.json())["error"] == "send the body as application/json"
-    balance = await (await client.get("/api/user/balance",
-                                      headers={"Authorization": token})).json()
+    balance = await (await client.get("/api/user/balance", headers={"Authorization": token})).json()
     assert balance["current"] == 100
 
 
 async def test_json_in_another_charset_is_415(client: TestClient) -> None:
-    response = await client.post("/api/user/register",
-                                 data='{"login": "é", "password": "p"}'.encode("latin-1"),
-                                 headers={"Content-Type": "application/json; charset=latin-1"})
+    response = await client.post(
+        "/api/user/register",
+        data='{"login": "é", "password": "p"}'.encode("latin-1"),
+        headers={"Content-Type": "application/json; charset=latin-1"},
+    )
     assert response.status == 415
 
 
 # --- cross-site requests -------------------------------------------------------
+
 
 async def _cookie_client(client: TestClient, pool: asyncpg.Pool) -> str:
     token = await register(client, "browser")
@@ -171,35 +186,53 @@ async def _withdraw(client: TestClient, headers: dict[str, str], number: str) ->
 
 
 async def test_cookie_state_change_from_another_origin_is_403(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     await _cookie_client(client, pool)
-    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
-                    {"Origin": f"http://{client.host}:{client.port + 1}"},
-                    {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}):
+    for headers in (
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Origin": f"http://{client.host}:{client.port + 1}"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+    ):
         assert await _withdraw(client, headers, "2377225624") == 403, headers
-    for path, body in (("/api/user/orders", "12345678903"),
-                       ("/api/user/register", '{"login": "csrf", "password": "secret-pass"}')):
-        response = await client.post(path, data=body, headers={
-            "Origin": "https://evil.example", "Content-Type": "text/plain"})
+    for path, body in (
+        ("/api/user/orders", "12345678903"),
+        ("/api/user/register", '{"login": "csrf", "password": "secret-pass"}'),
+    ):
+        response = await client.post(
+            path,
+            data=body,
+            headers={"Origin": "https://evil.example", "Content-Type": "text/plain"},
+        )
         assert response.status == 403
     balance = await (await client.get("/api/user/balance")).json()
     assert balance["current"] == 100
 
 
 async def test_same_origin_pages_and_bearer_tokens_are_unaffected(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     token = await _cookie_client(client, pool)
     own = f"http://{client.host}:{client.port}"
-    assert await _withdraw(client, {"Origin": own, "Sec-Fetch-Site": "same-origin"},
-                           "2377225624") == 200
+    assert (
+        await _withdraw(client, {"Origin": own, "Sec-Fetch-Site": "same-origin"}, "2377225624")
+        == 200
+    )
     assert await _withdraw(client, {}, "12345678903") == 200  # no browser headers: not a page
     client.session.cookie_jar.clear()
-    assert await _withdraw(client, {"Origin": "https://evil.example",
-                                    "Authorization": token}, "4561261212345467") == 200
+    assert (
+        await _withdraw(
+            client, {"Origin": "https://evil.example", "Authorization": token}, "4561261212345467"
+        )
+        == 200
+    )
 
 
 async def test_allowed_origins_may_use_the_cookie(
-        aiohttp_client: Any, api_settings: ApiSettings, pool: asyncpg.Pool) -> None:
+    aiohttp_client: Any, api_settings: ApiSettings, pool: asyncpg.Pool
+) -> None:
     settings = replace(api_settings, allowed_origins="https://shop.example, https://x.example")
     client: TestClient = await aiohttp_client(create_app(settings))
     await _cookie_client(client, pool)
@@ -211,8 +244,9 @@ async def test_bearer_scheme_is_case_insensitive(client: TestClient) -> None:
     token = (await register(client, "lower")).removeprefix("Bearer ")
     client.session.cookie_jar.clear()
     for scheme in ("bearer", "BEARER", "Bearer"):
-        response = await client.get("/api/user/balance",
-                                    headers={"Authorization": f"{scheme} {token}"})
+        response = await client.get(
+            "/api/user/balance", headers={"Authorization": f"{scheme} {token}"}
+        )
         assert response.status == 200, scheme
     basic = await client.get("/api/user/balance", headers={"Authorization": f"Basic {token}"})
     assert basic.status == 401
@@ -220,8 +254,10 @@ async def test_bearer_scheme_is_case_insensitive(client: TestClient) -> None:
 
 # --- secrets -------------------------------------------------------------------
 
-@pytest.mark.parametrize("secret", ["changeme", "x" * 64, "0123456789" * 3,
-                                    "abababababababababababababababab1234"])
+
+@pytest.mark.parametrize(
+    "secret", ["changeme", "x" * 64, "0123456789" * 3, "abababababababababababababababab1234"]
+)
 def test_weak_session_secrets_stop_the_start(api_settings: ApiSettings, secret: str) -> None:
     with pytest.raises(SystemExit, match="SESSION_SECRET is too weak"):
         create_app(replace(api_settings, session_secret=secret))
@@ -234,14 +270,17 @@ def test_a_strong_or_absent_secret_starts(api_settings: ApiSettings) -> None:
 
 # --- one purchase, one order, one owner --------------------------------------
 
+
 @pytest.mark.parametrize("spelling", ["012345678903", "0012345678903", "0"])
 async def test_numbers_with_leading_zeros_are_refused_everywhere(
-        client: TestClient, pool: asyncpg.Pool, spelling: str) -> None:
+    client: TestClient, pool: asyncpg.Pool, spelling: str
+) -> None:
     token = await register(client, "zeros")
     await credit(pool, "zeros", "100", "79927398713")
     auth = {"Authorization": token}
-    upload = await client.post("/api/user/orders", data=spelling,
-                               headers={**auth, "Content-Type": "text/plain"})
+    upload = await client.post(
+        "/api/user/orders", data=spelling, headers={**auth, "Content-Type": "text/plain"}
+    )
     assert upload.status == 422
     as_json = await client.post("/api/user/orders", json={"number": spelling}, headers=auth)
     assert as_json.status == 422
@@ -253,40 +292,51 @@ async def test_numbers_with_leading_zeros_are_refused_everywhere(
 
 
 async def test_another_customers_order_number_cannot_be_paid_with_points(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     owner = await register(client, "owner")
     payer = await register(client, "payer")
     await credit(pool, "payer", "100", "79927398713")
-    assert (await client.post("/api/user/orders", data="12345678903",
-                              headers={"Authorization": owner})).status == 202
-    response = await client.post(WITHDRAW, json={"order": "12345678903", "sum": 5},
-                                 headers={"Authorization": payer})
+    assert (
+        await client.post("/api/user/orders", data="12345678903", headers={"Authorization": owner})
+    ).status == 202
+    response = await client.post(
+        WITHDRAW, json={"order": "12345678903", "sum": 5}, headers={"Authorization": payer}
+    )
     assert response.status == 409
     assert (await response.json())["error"] == "order number was uploaded by another user"
     # And the other way: a number paid with points by one is not uploaded by another.
-    assert (await client.post(WITHDRAW, json={"order": "2377225624", "sum": 5},
-                              headers={"Authorization": payer})).status == 200
-    taken = await client.post("/api/user/orders", data="2377225624",
-                              headers={"Authorization": owner})
+    assert (
+        await client.post(
+            WITHDRAW, json={"order": "2377225624", "sum": 5}, headers={"Authorization": payer}
+        )
+    ).status == 200
+    taken = await client.post(
+        "/api/user/orders", data="2377225624", headers={"Authorization": owner}
+    )
     assert taken.status == 409
     # The payer's own upload of a number they paid for is theirs to make.
-    assert (await client.post("/api/user/orders", data="2377225624",
-                              headers={"Authorization": payer})).status == 202
-    balance = await (await client.get("/api/user/balance",
-                                      headers={"Authorization": payer})).json()
+    assert (
+        await client.post("/api/user/orders", data="2377225624", headers={"Authorization": payer})
+    ).status == 202
+    balance = await (await client.get("/api/user/balance", headers={"Authorization": payer})).json()
     assert balance == {"current": 95, "withdrawn": 5}
 
 
 async def test_racing_upload_and_payment_by_two_customers_leave_one_owner(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     uploader = await register(client, "uploader")
     payer = await register(client, "racer")
     await credit(pool, "racer", "1000", "79927398713")
+
     async def race(number: str) -> tuple[int, int]:
         up, pay = await asyncio.gather(
             client.post("/api/user/orders", data=number, headers={"Authorization": uploader}),
-            client.post(WITHDRAW, json={"order": number, "sum": 1},
-                        headers={"Authorization": payer}))
+            client.post(
+                WITHDRAW, json={"order": number, "sum": 1}, headers={"Authorization": payer}
+            ),
+        )
         return up.status, pay.status
 
     numbers = [with_check_digit(str(5_000_000 + i)) for i in range(40)]
@@ -299,11 +349,12 @@ async def test_racing_upload_and_payment_by_two_customers_leave_one_owner(
     assert both == 0
     spent = sum(1 for _, pay in outcomes if pay == 200)
     assert await pool.fetchval(
-        "SELECT current FROM balances b JOIN users u ON u.id = b.user_id "
-        "WHERE u.login = 'racer'") == Decimal(1000 - spent)
+        "SELECT current FROM balances b JOIN users u ON u.id = b.user_id WHERE u.login = 'racer'"
+    ) == Decimal(1000 - spent)
 
 
 # --- quiet ops surface -----------------------------------------------------------
+
 
 async def test_server_header_names_no_version(client: TestClient) -> None:
     for path in ("/healthz", "/api/user/balance", "/no-such-path", "/metrics"):

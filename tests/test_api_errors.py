@@ -9,24 +9,26 @@ from tests.conftest import register
 
 
 async def test_unexpected_error_is_json_500_without_details(
-        client: TestClient, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     token = await register(client, "boom")
 
     async def explode(*_: object) -> None:
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(balance_queries, "balance", explode)
-    response = await client.get("/api/user/balance",
-                                headers={"Authorization": token, "X-Request-ID": "req-42"})
+    response = await client.get(
+        "/api/user/balance", headers={"Authorization": token, "X-Request-ID": "req-42"}
+    )
     assert response.status == 500
     body = await response.json()
     assert body == {"error": "internal error (request id req-42)"}
     assert "secret internals" not in await response.text()
 
 
-async def test_database_down_is_prompt_json_503(client: TestClient,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_database_down_is_prompt_json_503(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     token = await register(client, "down")
 
     async def unreachable(*_: object) -> None:

@@ -22,8 +22,13 @@ WAIT = 10.0  # seconds a test waits for an event that must come
 
 @pytest.fixture
 def settings(api_settings: ApiSettings) -> ApiSettings:
-    return dataclasses.replace(api_settings, events_per_user=3, events_max_streams=8,
-                               events_heartbeat=0.2, events_max_age=60.0)
+    return dataclasses.replace(
+        api_settings,
+        events_per_user=3,
+        events_max_streams=8,
+        events_heartbeat=0.2,
+        events_max_age=60.0,
+    )
 
 
 @pytest.fixture
@@ -35,16 +40,21 @@ async def sse(settings: ApiSettings, aiohttp_client: Any) -> AsyncIterator[TestC
     yield client
 
 
-async def next_event(response: aiohttp.ClientResponse, within: float = WAIT,
-                     ) -> tuple[str, str]:
+async def next_event(
+    response: aiohttp.ClientResponse,
+    within: float = WAIT,
+) -> tuple[str, str]:
     """The next (event, data), skipping comments and the retry line; ("eof", "") at the end."""
     async with asyncio.timeout(within):
         while True:
             block = await response.content.readuntil(b"\n\n")
             if not block:
                 return "eof", ""
-            fields = dict(line.split(": ", 1) if ": " in line else (line, "")
-                          for line in block.decode().splitlines() if not line.startswith(":"))
+            fields = dict(
+                line.split(": ", 1) if ": " in line else (line, "")
+                for line in block.decode().splitlines()
+                if not line.startswith(":")
+            )
             if "event" in fields:
                 return fields["event"], fields.get("data", "")
 
@@ -63,16 +73,21 @@ async def user_id(pool: asyncpg.Pool, login: str) -> int:
 
 
 async def test_a_worker_status_change_reaches_the_owners_stream_only(
-        sse: TestClient, pool: asyncpg.Pool) -> None:
+    sse: TestClient, pool: asyncpg.Pool
+) -> None:
     alice, bob = await register(sse, "alice"), await register(sse, "bob")
     alice_stream, bob_stream = await open_stream(sse, alice), await open_stream(sse, bob)
-    response = await sse.post("/api/user/orders", data="12345678903",
-                              headers={"Authorization": alice, "Content-Type": "text/plain"})
+    response = await sse.post(
+        "/api/user/orders",
+        data="12345678903",
+        headers={"Authorization": alice, "Content-Type": "text/plain"},
+    )
     assert response.status == 202
     assert await next_event(alice_stream) == ("change", "")  # the upload (e.g. another tab)
     # The worker's write: status and accrual, balance credited, in one statement.
-    await pool.execute("UPDATE orders SET status = 'PROCESSED', accrual = 5 "
-                       "WHERE number = '12345678903'")
+    await pool.execute(
+        "UPDATE orders SET status = 'PROCESSED', accrual = 5 WHERE number = '12345678903'"
+    )
     assert await next_event(alice_stream) == ("change", "")
     # Bob's stream heard nothing of it: only heartbeats until it is closed.
     with pytest.raises(TimeoutError):
@@ -107,8 +122,7 @@ async def test_300_streams_of_one_user_cost_the_process_three(sse: TestClient) -
         stream.close()
 
 
-async def test_past_the_process_cap_the_answer_is_503_with_retry_after(
-        sse: TestClient) -> None:
+async def test_past_the_process_cap_the_answer_is_503_with_retry_after(sse: TestClient) -> None:
     streams = []
     for i in range(8):
         token = await register(sse, f"user{i}")
@@ -136,14 +150,14 @@ async def test_anonymous_and_forged_sessions_get_401(sse: TestClient) -> None:
 
 
 async def login(client: TestClient, name: str) -> str:
-    response = await client.post("/api/user/login",
-                                 json={"login": name, "password": "secret-pass"})
+    response = await client.post("/api/user/login", json={"login": name, "password": "secret-pass"})
     assert response.status == 200
     return response.headers["Authorization"]
 
 
 async def test_logout_ends_that_sessions_streams_in_every_process_and_no_other(
-        sse: TestClient, settings: ApiSettings, aiohttp_client: Any) -> None:
+    sse: TestClient, settings: ApiSettings, aiohttp_client: Any
+) -> None:
     # A second API process on the same database: it hears the logout through PostgreSQL.
     other_process = cast(TestClient, await aiohttp_client(create_app(settings)))
     await asyncio.wait_for(other_process.app[EVENTS].listening.wait(), WAIT)
@@ -168,8 +182,11 @@ async def test_a_password_change_ends_every_stream_of_the_user(sse: TestClient) 
     first = await register(sse, "erin")
     streams = [await open_stream(sse, first), await open_stream(sse, await login(sse, "erin"))]
     bystander = await open_stream(sse, await register(sse, "frank"))
-    response = await sse.post("/api/user/password", headers={"Authorization": first},
-                              json={"old_password": "secret-pass", "new_password": "n3w-pass"})
+    response = await sse.post(
+        "/api/user/password",
+        headers={"Authorization": first},
+        json={"old_password": "secret-pass", "new_password": "n3w-pass"},
+    )
     assert response.status == 200
     for stream in streams:
         assert await next_event(stream) == ("end", "ended")
@@ -181,32 +198,39 @@ async def test_a_password_change_ends_every_stream_of_the_user(sse: TestClient) 
 
 
 async def test_a_stream_ends_at_its_max_age_and_the_browser_reconnects(
-        settings: ApiSettings, aiohttp_client: Any) -> None:
-    client = cast(TestClient, await aiohttp_client(
-        create_app(dataclasses.replace(settings, events_max_age=0.5))))
+    settings: ApiSettings, aiohttp_client: Any
+) -> None:
+    client = cast(
+        TestClient,
+        await aiohttp_client(create_app(dataclasses.replace(settings, events_max_age=0.5))),
+    )
     stream = await open_stream(client, await register(client, "frank"))
     assert await next_event(stream) == ("eof", "")
     assert client.app[EVENTS].open_streams == 0
 
 
 async def test_shutdown_ends_every_stream_before_the_server_waits_for_handlers(
-        sse: TestClient) -> None:
+    sse: TestClient,
+) -> None:
     stream = await open_stream(sse, await register(sse, "grace"))
     await sse.app.shutdown()  # what the runner calls before waiting for handlers
     assert await next_event(stream) == ("end", "shutdown")
     assert await next_event(stream) == ("eof", "")
-    refused = await sse.get("/api/user/events",
-                            headers={"Authorization": await register(sse, "heidi")})
+    refused = await sse.get(
+        "/api/user/events", headers={"Authorization": await register(sse, "heidi")}
+    )
     assert refused.status == 503
 
 
 async def test_a_lost_listen_connection_reconnects_and_wakes_every_stream(
-        sse: TestClient, pool: asyncpg.Pool) -> None:
+    sse: TestClient, pool: asyncpg.Pool
+) -> None:
     stream = await open_stream(sse, await register(sse, "ivan"))
     hub = sse.app[EVENTS]
     killed = await pool.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE application_name = 'gophermart-api-events' AND datname = current_database()")
+        "WHERE application_name = 'gophermart-api-events' AND datname = current_database()"
+    )
     assert killed == 1
     # The reconnect says "look again": changes while nobody listened are not lost.
     assert await next_event(stream) == ("change", "")
@@ -218,22 +242,29 @@ async def test_a_lost_listen_connection_reconnects_and_wakes_every_stream(
 
 # --- the triggers (migration 0004) and the channel's payloads -----------------
 
+
 async def test_triggers_notify_status_and_balance_changes_once_per_user_and_commit(
-        pool: asyncpg.Pool, database_uri: str) -> None:
+    pool: asyncpg.Pool, database_uri: str
+) -> None:
     heard: asyncio.Queue[str] = asyncio.Queue()
     listener = await asyncpg.connect(database_uri)
-    await listener.add_listener(events.USER_CHANGE_CHANNEL,
-                                lambda *args: heard.put_nowait(args[-1]))
+    await listener.add_listener(
+        events.USER_CHANGE_CHANNEL, lambda *args: heard.put_nowait(args[-1])
+    )
     try:
         uid = await pool.fetchval(
-            "INSERT INTO users (login, password_hash) VALUES ('u', 'x') RETURNING id")
+            "INSERT INTO users (login, password_hash) VALUES ('u', 'x') RETURNING id"
+        )
         await pool.execute("INSERT INTO balances (user_id) VALUES ($1)", uid)
-        await pool.execute("INSERT INTO orders (number, user_id) VALUES ('18', $1), "
-                           "('26', $1)", uid)
+        await pool.execute(
+            "INSERT INTO orders (number, user_id) VALUES ('18', $1), ('26', $1)", uid
+        )
         assert await asyncio.wait_for(heard.get(), WAIT) == str(uid)  # two rows, one commit
         # A claim or a backoff leaves the status alone: silence.
-        await pool.execute("UPDATE orders SET attempts = attempts + 1, "
-                           "next_attempt_at = now() + interval '1 minute'")
+        await pool.execute(
+            "UPDATE orders SET attempts = attempts + 1, "
+            "next_attempt_at = now() + interval '1 minute'"
+        )
         await pool.execute("UPDATE balances SET current = current")
         # Two statuses and the credit in one transaction: one notification.
         async with pool.acquire() as conn, conn.transaction():
@@ -246,8 +277,9 @@ async def test_triggers_notify_status_and_balance_changes_once_per_user_and_comm
         await listener.close()
 
 
-@pytest.mark.parametrize("payload", ["", " ", "x", "-1", "1 x", "1 end", "١٢", "1\n",
-                                     "+1", "1" * 20])
+@pytest.mark.parametrize(
+    "payload", ["", " ", "x", "-1", "1 x", "1 end", "١٢", "1\n", "+1", "1" * 20]
+)
 def test_unreadable_payloads_are_ignored(payload: str) -> None:
     assert events.parse_user_id(payload) is None
 

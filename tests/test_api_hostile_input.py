@@ -22,38 +22,93 @@ CASES: list[tuple[str, str, bytes, str, int]] = [
     ("json string", REGISTER, b'"hello"', "application/json", 400),
     ("invalid utf-8", REGISTER, b'{"login": "\xff\xfe", "password": "p"}', "application/json", 400),
     ("deeply nested", REGISTER, b"[" * 100_000 + b"]" * 100_000, "application/json", 413),
-    ("nested within limit", REGISTER, b'{"login":' + b"[" * 5000 + b"]" * 5000 + b"}",
-     "application/json", 400),
-    ("duplicate keys", REGISTER, b'{"login": "a", "login": "b", "password": "p"}',
-     "application/json", 400),
+    (
+        "nested within limit",
+        REGISTER,
+        b'{"login":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        "application/json",
+        400,
+    ),
+    (
+        "duplicate keys",
+        REGISTER,
+        b'{"login": "a", "login": "b", "password": "p"}',
+        "application/json",
+        400,
+    ),
     ("NaN", WITHDRAW, b'{"order": "2377225624", "sum": NaN}', "application/json", 400),
     ("Infinity", WITHDRAW, b'{"order": "2377225624", "sum": Infinity}', "application/json", 400),
     ("1e400", WITHDRAW, b'{"order": "2377225624", "sum": 1e400}', "application/json", 400),
-    ("exponent past libmpdec", WITHDRAW,
-     b'{"order": "2377225624", "sum": 1E+99999999999999999999}', "application/json", 400),
-    ("password exponent past libmpdec", REGISTER,
-     b'{"login": "a", "password": 1e-99999999999999999999}', "application/json", 400),
-    ("password lone surrogate", REGISTER, b'{"login": "a", "password": "\\ud800"}',
-     "application/json", 400),
-    ("login password lone surrogate", LOGIN, b'{"login": "a", "password": "x\\udfffy"}',
-     "application/json", 400),
+    (
+        "exponent past libmpdec",
+        WITHDRAW,
+        b'{"order": "2377225624", "sum": 1E+99999999999999999999}',
+        "application/json",
+        400,
+    ),
+    (
+        "password exponent past libmpdec",
+        REGISTER,
+        b'{"login": "a", "password": 1e-99999999999999999999}',
+        "application/json",
+        400,
+    ),
+    (
+        "password lone surrogate",
+        REGISTER,
+        b'{"login": "a", "password": "\\ud800"}',
+        "application/json",
+        400,
+    ),
+    (
+        "login password lone surrogate",
+        LOGIN,
+        b'{"login": "a", "password": "x\\udfffy"}',
+        "application/json",
+        400,
+    ),
     ("-0", WITHDRAW, b'{"order": "2377225624", "sum": -0}', "application/json", 400),
     ("0.001", WITHDRAW, b'{"order": "2377225624", "sum": 0.001}', "application/json", 400),
-    ("huge integer", WITHDRAW, b'{"order": "2377225624", "sum": ' + b"9" * 5000 + b"}",
-     "application/json", 400),
+    (
+        "huge integer",
+        WITHDRAW,
+        b'{"order": "2377225624", "sum": ' + b"9" * 5000 + b"}",
+        "application/json",
+        400,
+    ),
     ("sum as string", WITHDRAW, b'{"order": "2377225624", "sum": "5"}', "application/json", 400),
-    ("order with sql", WITHDRAW, b'{"order": "1\'; DROP TABLE users;--", "sum": 5}',
-     "application/json", 422),
-    ("login control chars", REGISTER, b'{"login": "a\\u0000b", "password": "p"}',
-     "application/json", 400),
+    (
+        "order with sql",
+        WITHDRAW,
+        b'{"order": "1\'; DROP TABLE users;--", "sum": 5}',
+        "application/json",
+        422,
+    ),
+    (
+        "login control chars",
+        REGISTER,
+        b'{"login": "a\\u0000b", "password": "p"}',
+        "application/json",
+        400,
+    ),
     ("login newline", REGISTER, b'{"login": "a\\nb", "password": "p"}', "application/json", 400),
-    ("login 100 KB", REGISTER,
-     json.dumps({"login": "a" * 50_000, "password": "p"}).encode(), "application/json", 400),
+    (
+        "login 100 KB",
+        REGISTER,
+        json.dumps({"login": "a" * 50_000, "password": "p"}).encode(),
+        "application/json",
+        400,
+    ),
     ("login wrong type", REGISTER, b'{"login": 5, "password": "p"}', "application/json", 400),
     ("password empty", REGISTER, b'{"login": "a", "password": ""}', "application/json", 400),
     ("login missing", REGISTER, b'{"password": "p"}', "application/json", 400),
-    ("login spaces around", REGISTER, b'{"login": " a ", "password": "p"}',
-     "application/json", 400),
+    (
+        "login spaces around",
+        REGISTER,
+        b'{"login": " a ", "password": "p"}',
+        "application/json",
+        400,
+    ),
     ("order with spaces inside", ORDERS, b"1234 5678 903", "text/plain", 422),
     ("order with sign", ORDERS, b"+12345678903", "text/plain", 422),
     ("order unicode digits", ORDERS, "١٢٣٤٥٦٧٨٩٠٣".encode(), "text/plain", 422),
@@ -65,11 +120,18 @@ CASES: list[tuple[str, str, bytes, str, int]] = [
 ]
 
 
-@pytest.mark.parametrize(("name", "path", "body", "content_type", "expected"), CASES,
-                         ids=[case[0] for case in CASES])
+@pytest.mark.parametrize(
+    ("name", "path", "body", "content_type", "expected"), CASES, ids=[case[0] for case in CASES]
+)
 async def test_hostile_body_gets_a_4xx_and_leaves_no_trace(
-        client: TestClient, pool: asyncpg.Pool, name: str, path: str, body: bytes,
-        content_type: str, expected: int) -> None:
+    client: TestClient,
+    pool: asyncpg.Pool,
+    name: str,
+    path: str,
+    body: bytes,
+    content_type: str,
+    expected: int,
+) -> None:
     headers = {"Content-Type": content_type}
     if path in (ORDERS, WITHDRAW):
         headers["Authorization"] = await register(client, "victim")
@@ -83,56 +145,71 @@ async def test_hostile_body_gets_a_4xx_and_leaves_no_trace(
 
 
 async def _snapshot(pool: asyncpg.Pool) -> tuple[object, ...]:
-    return tuple(await pool.fetchrow(
-        "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM orders),"
-        " (SELECT count(*) FROM ledger), (SELECT sum(current) FROM balances)"))
+    return tuple(
+        await pool.fetchrow(
+            "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM orders),"
+            " (SELECT count(*) FROM ledger), (SELECT sum(current) FROM balances)"
+        )
+    )
 
 
 async def test_gzip_request_bodies_are_accepted(client: TestClient) -> None:
     body = gzip.compress(b'{"login": "zipped", "password": "p"}')
-    response = await client.post(REGISTER, data=body, headers={
-        "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    response = await client.post(
+        REGISTER,
+        data=body,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
     assert response.status == 200
 
 
 async def test_gzip_bomb_is_refused_with_413(client: TestClient, pool: asyncpg.Pool) -> None:
     bomb = gzip.compress(b'{"login": "' + b"a" * 50_000_000 + b'", "password": "p"}')
     assert len(bomb) < 100_000
-    response = await client.post(REGISTER, data=bomb, headers={
-        "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    response = await client.post(
+        REGISTER,
+        data=bomb,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
     assert response.status == 413
     assert await pool.fetchval("SELECT count(*) FROM users") == 0
 
 
-async def test_large_responses_are_gzipped_when_accepted(client: TestClient,
-                                                         pool: asyncpg.Pool) -> None:
+async def test_large_responses_are_gzipped_when_accepted(
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     token = await register(client, "many")
     user_id = await pool.fetchval("SELECT id FROM users WHERE login = 'many'")
     await pool.execute(
         "INSERT INTO orders (number, user_id) SELECT g::text || '0', $1"
-        " FROM generate_series(1000, 1100) g", user_id)
-    response = await client.get(ORDERS, headers={"Authorization": token,
-                                                 "Accept-Encoding": "gzip"},
-                                auto_decompress=False)
+        " FROM generate_series(1000, 1100) g",
+        user_id,
+    )
+    response = await client.get(
+        ORDERS, headers={"Authorization": token, "Accept-Encoding": "gzip"}, auto_decompress=False
+    )
     assert response.status == 200
     assert response.headers["Content-Encoding"] == "gzip"
     orders = json.loads(gzip.decompress(await response.read()))
     assert len(orders) == 101
-    small = await client.get("/api/user/balance", headers={"Authorization": token,
-                                                           "Accept-Encoding": "gzip"})
+    small = await client.get(
+        "/api/user/balance", headers={"Authorization": token, "Accept-Encoding": "gzip"}
+    )
     assert "Content-Encoding" not in small.headers
 
 
 async def test_header_injection_in_request_id_is_not_echoed(client: TestClient) -> None:
-    response = await client.get("/api/user/balance",
-                                headers={"X-Request-ID": "abc\tSet-Cookie: x=1"})
+    response = await client.get(
+        "/api/user/balance", headers={"X-Request-ID": "abc\tSet-Cookie: x=1"}
+    )
     assert response.status == 401
     assert response.headers["X-Request-ID"] != "abc\tSet-Cookie: x=1"
     assert "x=1" not in response.headers.get("Set-Cookie", "")
 
 
-async def test_sql_metacharacters_in_login_are_just_text(client: TestClient,
-                                                         pool: asyncpg.Pool) -> None:
+async def test_sql_metacharacters_in_login_are_just_text(
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     login = "robert'); DROP TABLE users;--"
     response = await client.post(REGISTER, json={"login": login, "password": "p"})
     assert response.status == 200

@@ -14,8 +14,7 @@ def static_text(name: str) -> str:
     return STATIC.joinpath(name).read_text("utf-8")
 
 
-async def test_the_page_is_revalidated_by_etag_under_a_strict_policy(
-        client: TestClient) -> None:
+async def test_the_page_is_revalidated_by_etag_under_a_strict_policy(client: TestClient) -> None:
     response = await client.get("/")
     assert response.status == 200
     assert response.content_type == "text/html"
@@ -30,14 +29,16 @@ async def test_the_page_is_revalidated_by_etag_under_a_strict_policy(
     assert "<style" not in html and " style=" not in html
     assert re.search(r"\son[a-z]+\s*=", html) is None  # no inline event handlers
     assert re.findall(r"<script[^>]*>", html) == [
-        f'<script type="module" src="/static/{assets().version}/app.js">']
+        f'<script type="module" src="/static/{assets().version}/app.js">'
+    ]
     again = await client.get("/", headers={"If-None-Match": response.headers["ETag"]})
     assert again.status == 304
     assert await again.read() == b""
 
 
 async def test_every_file_the_page_loads_is_served_immutable_under_its_version(
-        client: TestClient) -> None:
+    client: TestClient,
+) -> None:
     html = await (await client.get("/")).text()
     wanted = set(re.findall(r'(?:src|href)="(/static/[^"]+)"', html))
     # The modules' own imports resolve next to them (plain ES modules, no bundler).
@@ -45,7 +46,13 @@ async def test_every_file_the_page_loads_is_served_immutable_under_its_version(
         for imported in re.findall(r'from "\./([\w.]+)"', static_text(name)):
             wanted.add(f"/static/{assets().version}/{imported}")
     assert {p.rsplit("/", 1)[1] for p in wanted} == {
-        "app.js", "api.js", "i18n.js", "checks.js", "style.css", "icon.svg"}
+        "app.js",
+        "api.js",
+        "i18n.js",
+        "checks.js",
+        "style.css",
+        "icon.svg",
+    }
     types = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
     for path in wanted:
         response = await client.get(path)
@@ -59,17 +66,23 @@ async def test_every_file_the_page_loads_is_served_immutable_under_its_version(
 
 async def test_other_versions_and_unknown_names_are_404_json(client: TestClient) -> None:
     version = assets().version
-    for path in ("/static/0123456789ab/app.js", f"/static/{version}/nope.js",
-                 f"/static/{version}/index.html", f"/static/{version}/..%2fpage.py",
-                 f"/static/{version}/%2e%2e%2f%2e%2e%2fapi%2fapp.py", "/static/app.js"):
+    for path in (
+        "/static/0123456789ab/app.js",
+        f"/static/{version}/nope.js",
+        f"/static/{version}/index.html",
+        f"/static/{version}/..%2fpage.py",
+        f"/static/{version}/%2e%2e%2f%2e%2e%2fapi%2fapp.py",
+        "/static/app.js",
+    ):
         response = await client.get(path)
         assert response.status == 404, path
         assert response.content_type == "application/json", path
 
 
 async def test_the_files_are_compressed_for_clients_that_accept_it(client: TestClient) -> None:
-    response = await client.get(f"/static/{assets().version}/app.js",
-                                headers={"Accept-Encoding": "gzip"})
+    response = await client.get(
+        f"/static/{assets().version}/app.js", headers={"Accept-Encoding": "gzip"}
+    )
     assert response.headers["Content-Encoding"] == "gzip"
     assert response.headers["Vary"] == "Accept-Encoding"
     assert (await response.text()) == static_text("app.js")
@@ -94,7 +107,10 @@ def test_english_and_russian_have_the_same_words_and_every_word_used_exists() ->
     assert english == russian
     used = set(re.findall(r'data-i18n(?:-label)?="([\w.]+)"', static_text("index.html")))
     app = static_text("app.js")
-    used |= {key for key in re.findall(r'"([a-z]+\.[A-Za-z]+)"', app)
-             if not key.startswith("gophermart.")} | {"who"}
+    used |= {
+        key
+        for key in re.findall(r'"([a-z]+\.[A-Za-z]+)"', app)
+        if not key.startswith("gophermart.")
+    } | {"who"}
     used |= {f"status.{s}" for s in ("NEW", "PROCESSING", "PROCESSED", "INVALID")}
     assert used - english == set(), "words the page uses but neither language has"

@@ -31,8 +31,9 @@ async def _login(client: TestClient, login: str, password: str = PASSWORD) -> st
     return response.headers["Authorization"]
 
 
-async def _cached_client(aiohttp_client: Any, settings: ApiSettings,
-                         cache_ttl: float = 3600) -> TestClient:
+async def _cached_client(
+    aiohttp_client: Any, settings: ApiSettings, cache_ttl: float = 3600
+) -> TestClient:
     """An app whose verified tokens stay cached for an hour: revocation must not wait."""
     app = create_app(dataclasses.replace(settings, session_cache_ttl=cache_ttl))
     client = cast(TestClient, await aiohttp_client(app))
@@ -50,7 +51,8 @@ async def _wait_listening(client: TestClient) -> None:
 
 
 async def test_logout_ends_that_token_for_bearer_and_cookie_and_clears_the_cookie(
-        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    aiohttp_client: Any, api_settings: ApiSettings
+) -> None:
     client = await _cached_client(aiohttp_client, api_settings)
     token = await register(client, "alice")
     other_device = await _login(client, "alice")
@@ -64,11 +66,11 @@ async def test_logout_ends_that_token_for_bearer_and_cookie_and_clears_the_cooki
 
     assert await _status(client, token) == 401
     client.session.cookie_jar.clear()
-    assert (await client.get("/api/user/balance",
-                             cookies={COOKIE_NAME: token.removeprefix("Bearer ")})).status == 401
+    assert (
+        await client.get("/api/user/balance", cookies={COOKIE_NAME: token.removeprefix("Bearer ")})
+    ).status == 401
     assert await _status(client, other_device) == 200  # other sessions live on
-    assert (await client.post("/api/user/logout",
-                              headers={"Authorization": token})).status == 401
+    assert (await client.post("/api/user/logout", headers={"Authorization": token})).status == 401
 
 
 async def test_logout_by_cookie_ends_the_cookie_token(client: TestClient) -> None:
@@ -80,7 +82,8 @@ async def test_logout_by_cookie_ends_the_cookie_token(client: TestClient) -> Non
 
 
 async def test_password_change_ends_every_token_and_hands_out_a_new_one(
-        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    aiohttp_client: Any, api_settings: ApiSettings
+) -> None:
     client = await _cached_client(aiohttp_client, api_settings)
     first = await register(client, "carol")
     second = await _login(client, "carol")
@@ -88,8 +91,11 @@ async def test_password_change_ends_every_token_and_hands_out_a_new_one(
     for token in (first, second, bystander):
         assert await _status(client, token) == 200  # all cached
 
-    response = await client.post("/api/user/password", headers={"Authorization": first},
-                                 json={"old_password": PASSWORD, "new_password": NEW_PASSWORD})
+    response = await client.post(
+        "/api/user/password",
+        headers={"Authorization": first},
+        json={"old_password": PASSWORD, "new_password": NEW_PASSWORD},
+    )
     assert response.status == 200, await response.text()
     assert await response.json() == {"status": "password changed"}
     fresh = response.headers["Authorization"]
@@ -106,84 +112,106 @@ async def test_password_change_ends_every_token_and_hands_out_a_new_one(
 
 async def test_wrong_current_password_is_403_and_changes_nothing(client: TestClient) -> None:
     token = await register(client, "erin")
-    response = await client.post("/api/user/password", headers={"Authorization": token},
-                                 json={"old_password": "stolen-pass", "new_password": "x"})
+    response = await client.post(
+        "/api/user/password",
+        headers={"Authorization": token},
+        json={"old_password": "stolen-pass", "new_password": "x"},
+    )
     assert response.status == 403
     assert (await response.json())["error"]
     assert await _status(client, token) == 200
     assert await _status(client, await _login(client, "erin")) == 200
 
 
-@pytest.mark.parametrize("body", [
-    {"new_password": NEW_PASSWORD},
-    {"old_password": PASSWORD},
-    {"old_password": PASSWORD, "new_password": ""},
-    {"old_password": PASSWORD, "new_password": 12345},
-    {"old_password": PASSWORD, "new_password": "x" * 1025},
-])
-async def test_bad_password_change_bodies_are_400(client: TestClient,
-                                                  body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"new_password": NEW_PASSWORD},
+        {"old_password": PASSWORD},
+        {"old_password": PASSWORD, "new_password": ""},
+        {"old_password": PASSWORD, "new_password": 12345},
+        {"old_password": PASSWORD, "new_password": "x" * 1025},
+    ],
+)
+async def test_bad_password_change_bodies_are_400(client: TestClient, body: dict[str, Any]) -> None:
     token = await register(client, "frank")
-    response = await client.post("/api/user/password", headers={"Authorization": token},
-                                 json=body)
+    response = await client.post("/api/user/password", headers={"Authorization": token}, json=body)
     assert response.status == 400
     assert await _status(client, token) == 200
 
 
 async def test_guessing_the_current_password_is_throttled(
-        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    aiohttp_client: Any, api_settings: ApiSettings
+) -> None:
     settings = dataclasses.replace(api_settings, login_max_failures=2)
     client = cast(TestClient, await aiohttp_client(create_app(settings)))
     token = await register(client, "grace")
     guess = {"old_password": "stolen-pass", "new_password": "x"}
-    statuses = [(await client.post("/api/user/password", headers={"Authorization": token},
-                                   json=guess)).status for _ in range(3)]
+    statuses = [
+        (
+            await client.post("/api/user/password", headers={"Authorization": token}, json=guess)
+        ).status
+        for _ in range(3)
+    ]
     assert statuses == [403, 403, 429]
     right = {"old_password": PASSWORD, "new_password": NEW_PASSWORD}
-    response = await client.post("/api/user/password", headers={"Authorization": token},
-                                 json=right)
+    response = await client.post("/api/user/password", headers={"Authorization": token}, json=right)
     assert response.status == 429  # even the right one waits: it might be the 3rd guess
     assert response.headers["Retry-After"]
 
 
 async def test_concurrent_password_changes_with_one_token_let_exactly_one_win(
-        client: TestClient) -> None:
+    client: TestClient,
+) -> None:
     token = await register(client, "heidi")
-    bodies = [{"old_password": PASSWORD, "new_password": f"{NEW_PASSWORD}-{i}"}
-              for i in range(4)]
-    responses = await asyncio.gather(*(
-        client.post("/api/user/password", headers={"Authorization": token}, json=body)
-        for body in bodies))
+    bodies = [{"old_password": PASSWORD, "new_password": f"{NEW_PASSWORD}-{i}"} for i in range(4)]
+    responses = await asyncio.gather(
+        *(
+            client.post("/api/user/password", headers={"Authorization": token}, json=body)
+            for body in bodies
+        )
+    )
     statuses = sorted(r.status for r in responses)
     assert statuses == [200, 401, 401, 401]
     winner = next(i for i, r in enumerate(responses) if r.status == 200)
     for i, body in enumerate(bodies):
-        login = await client.post("/api/user/login",
-                                  json={"login": "heidi", "password": body["new_password"]})
+        login = await client.post(
+            "/api/user/login", json={"login": "heidi", "password": body["new_password"]}
+        )
         assert login.status == (200 if i == winner else 401)
 
 
 async def test_a_login_that_read_the_old_generation_gets_an_ended_token(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     """A login verifying the old password while the change commits gets nothing usable."""
     token = await register(client, "ivan")
     # What a login in flight holds: the generation read together with the old hash.
-    user_id, _, generation = (await pool.fetchrow(
-        "SELECT id, password_hash, session_generation FROM users WHERE login = 'ivan'")).values()
-    response = await client.post("/api/user/password", headers={"Authorization": token},
-                                 json={"old_password": PASSWORD, "new_password": NEW_PASSWORD})
+    user_id, _, generation = (
+        await pool.fetchrow(
+            "SELECT id, password_hash, session_generation FROM users WHERE login = 'ivan'"
+        )
+    ).values()
+    response = await client.post(
+        "/api/user/password",
+        headers={"Authorization": token},
+        json={"old_password": PASSWORD, "new_password": NEW_PASSWORD},
+    )
     assert response.status == 200
     late = client.app[SESSIONS].issue(user_id, generation)
     assert await _status(client, f"Bearer {late}") == 401
 
 
 async def test_revoked_rows_are_purged_once_their_tokens_expire(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     await pool.execute("INSERT INTO users (login, password_hash) VALUES ('old', 'x')")
     old_id = await pool.fetchval("SELECT id FROM users WHERE login = 'old'")
     await pool.execute(
         "INSERT INTO revoked_sessions SELECT decode(lpad(to_hex(g), 32, '0'), 'hex'), $1,"
-        " now() - interval '1 hour' FROM generate_series(1, 150) g", old_id)
+        " now() - interval '1 hour' FROM generate_series(1, 150) g",
+        old_id,
+    )
     token = await register(client, "judy")
     assert (await client.post("/api/user/logout", headers={"Authorization": token})).status == 200
     # One logout purges up to 100 expired rows and adds its own.
@@ -192,6 +220,7 @@ async def test_revoked_rows_are_purged_once_their_tokens_expire(
 
 
 # --- the cache itself ---------------------------------------------------------
+
 
 def _session(user_id: int) -> Session:
     return Session(user_id, b"x" * 16, 0, 2**40)
@@ -245,7 +274,8 @@ def test_a_session_past_its_expiry_is_not_served_from_the_cache() -> None:
 
 
 async def test_a_lost_listen_connection_empties_the_cache_until_it_is_back(
-        aiohttp_client: Any, api_settings: ApiSettings, pool: asyncpg.Pool) -> None:
+    aiohttp_client: Any, api_settings: ApiSettings, pool: asyncpg.Pool
+) -> None:
     client = await _cached_client(aiohttp_client, api_settings)
     cache = client.app[SESSIONS].cache
     token = await register(client, "kate")
@@ -253,7 +283,8 @@ async def test_a_lost_listen_connection_empties_the_cache_until_it_is_back(
     assert len(cache) == 1
     killed = await pool.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-        " WHERE application_name = 'gophermart-api-sessions' AND datname = current_database()")
+        " WHERE application_name = 'gophermart-api-sessions' AND datname = current_database()"
+    )
     assert killed >= 1
     for _ in range(100):  # notifications may have been missed: nothing cached is trusted
         if len(cache) == 0:
@@ -266,13 +297,13 @@ async def test_a_lost_listen_connection_empties_the_cache_until_it_is_back(
 
 
 async def test_a_cached_token_costs_no_query_and_an_ended_one_is_refused_from_the_cache(
-        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    aiohttp_client: Any, api_settings: ApiSettings
+) -> None:
     client = await _cached_client(aiohttp_client, api_settings)
     registry = client.app[METRICS].registry
 
     def checks(outcome: str) -> float:
-        value = registry.get_sample_value("gophermart_session_checks_total",
-                                          {"outcome": outcome})
+        value = registry.get_sample_value("gophermart_session_checks_total", {"outcome": outcome})
         return value or 0.0
 
     token = await register(client, "lena")
@@ -282,8 +313,7 @@ async def test_a_cached_token_costs_no_query_and_an_ended_one_is_refused_from_th
     assert checks("valid") == 1  # the first request asked PostgreSQL, the rest the cache
     cache = client.app[SESSIONS].cache
     before = cache.mark()
-    assert (await client.post("/api/user/logout", headers={"Authorization": token})).status \
-        == 200
+    assert (await client.post("/api/user/logout", headers={"Authorization": token})).status == 200
     # The logout's own NOTIFY comes back to this process too (a second invalidation);
     # a check it overlapped would rightly not be cached, so let it arrive first.
     for _ in range(500):
@@ -297,10 +327,15 @@ async def test_a_cached_token_costs_no_query_and_an_ended_one_is_refused_from_th
 
 
 async def test_with_the_cache_off_every_request_asks_the_database(
-        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    aiohttp_client: Any, api_settings: ApiSettings
+) -> None:
     client = await _cached_client(aiohttp_client, api_settings, cache_ttl=0)
     token = await register(client, "mona")
     for _ in range(3):
         assert await _status(client, token) == 200
-    assert client.app[METRICS].registry.get_sample_value(
-        "gophermart_session_checks_total", {"outcome": "valid"}) == 3
+    assert (
+        client.app[METRICS].registry.get_sample_value(
+            "gophermart_session_checks_total", {"outcome": "valid"}
+        )
+        == 3
+    )

@@ -23,22 +23,28 @@ LOGIN = "/api/user/login"
 
 @pytest.fixture
 async def guarded(aiohttp_client: Any, api_settings: ApiSettings) -> TestClient:
-    settings = replace(api_settings, login_max_failures=10, login_max_failures_per_login=20,
-                       login_window=300, trusted_proxies="127.0.0.1")
+    settings = replace(
+        api_settings,
+        login_max_failures=10,
+        login_max_failures_per_login=20,
+        login_window=300,
+        trusted_proxies="127.0.0.1",
+    )
     return await aiohttp_client(create_app(settings))  # type: ignore[no-any-return]
 
 
-async def attempt(client: TestClient, password: str, address: str = "198.51.100.1",
-                  login: str = "victim") -> tuple[int, int | None]:
-    response = await client.post(LOGIN, json={"login": login, "password": password},
-                                 headers={"X-Forwarded-For": address})
+async def attempt(
+    client: TestClient, password: str, address: str = "198.51.100.1", login: str = "victim"
+) -> tuple[int, int | None]:
+    response = await client.post(
+        LOGIN, json={"login": login, "password": password}, headers={"X-Forwarded-For": address}
+    )
     assert response.content_type == "application/json"
     retry = response.headers.get("Retry-After")
     return response.status, int(retry) if retry is not None else None
 
 
-async def test_concurrent_guesses_are_reserved_before_verification(
-        guarded: TestClient) -> None:
+async def test_concurrent_guesses_are_reserved_before_verification(guarded: TestClient) -> None:
     await register(guarded, "victim", "right-password")
     results = await asyncio.gather(*(attempt(guarded, f"guess-{i}") for i in range(300)))
     statuses = [status for status, _ in results]
@@ -51,7 +57,8 @@ async def test_concurrent_guesses_are_reserved_before_verification(
 
 
 async def test_delays_grow_then_the_pair_stops_until_the_window_ends(
-        guarded: TestClient, pool: asyncpg.Pool) -> None:
+    guarded: TestClient, pool: asyncpg.Pool
+) -> None:
     await register(guarded, "victim", "right-password")
     for _ in range(3):
         assert await attempt(guarded, "wrong") == (401, None)
@@ -70,8 +77,7 @@ async def test_delays_grow_then_the_pair_stops_until_the_window_ends(
     assert status == 429 and retry is not None and retry > 200
 
 
-async def test_right_password_from_a_clean_address_is_never_refused(
-        guarded: TestClient) -> None:
+async def test_right_password_from_a_clean_address_is_never_refused(guarded: TestClient) -> None:
     await register(guarded, "victim", "right-password")
     # Someone guesses from many addresses until the login-wide budget (20) is spent.
     for i in range(8):
@@ -93,8 +99,7 @@ async def test_made_up_logins_do_not_lock_out_a_shared_address(guarded: TestClie
     assert status == 200
 
 
-async def test_success_forgets_the_pairs_failures(guarded: TestClient,
-                                                  pool: asyncpg.Pool) -> None:
+async def test_success_forgets_the_pairs_failures(guarded: TestClient, pool: asyncpg.Pool) -> None:
     await register(guarded, "victim", "right-password")
     for _ in range(3):
         await attempt(guarded, "typo")
@@ -107,7 +112,8 @@ async def test_success_forgets_the_pairs_failures(guarded: TestClient,
 
 
 async def test_an_untrusted_peer_cannot_choose_its_address(
-        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    aiohttp_client: Any, api_settings: ApiSettings
+) -> None:
     settings = replace(api_settings, login_max_failures=3)  # no trusted proxy
     client: TestClient = await aiohttp_client(create_app(settings))
     await register(client, "victim", "right-password")
@@ -117,15 +123,19 @@ async def test_an_untrusted_peer_cannot_choose_its_address(
 
 
 async def test_registrations_are_rate_limited_per_address(
-        aiohttp_client: Any, api_settings: ApiSettings) -> None:
-    settings = replace(api_settings, register_max_per_address=2, register_window=60,
-                       trusted_proxies="127.0.0.1")
+    aiohttp_client: Any, api_settings: ApiSettings
+) -> None:
+    settings = replace(
+        api_settings, register_max_per_address=2, register_window=60, trusted_proxies="127.0.0.1"
+    )
     client: TestClient = await aiohttp_client(create_app(settings))
 
     async def sign_up(login: str, address: str) -> tuple[int, str | None]:
-        response = await client.post("/api/user/register",
-                                     json={"login": login, "password": "secret-pass"},
-                                     headers={"X-Forwarded-For": address})
+        response = await client.post(
+            "/api/user/register",
+            json={"login": login, "password": "secret-pass"},
+            headers={"X-Forwarded-For": address},
+        )
         return response.status, response.headers.get("Retry-After")
 
     assert (await sign_up("a1", "192.0.2.1"))[0] == 200
@@ -144,25 +154,31 @@ async def test_spent_throttle_rows_are_swept(pool: asyncpg.Pool) -> None:
     assert await pool.fetchval("SELECT array_agg(key) FROM throttle") == ["register:current"]
 
 
-@pytest.mark.parametrize(("address", "key"), [
-    ("192.0.2.7", "192.0.2.7"),
-    ("::ffff:192.0.2.7", "192.0.2.7"),
-    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
-    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
-    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
-])
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ],
+)
 def test_an_ipv6_subscriber_counts_as_one_address(address: str, key: str) -> None:
     assert address_key(address) == key
 
 
 async def test_addresses_of_one_ipv6_subscriber_share_a_registration_rate(
-        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    aiohttp_client: Any, api_settings: ApiSettings
+) -> None:
     settings = replace(api_settings, register_max_per_address=2, trusted_proxies="127.0.0.1")
     client: TestClient = await aiohttp_client(create_app(settings))
     statuses = []
     for i in range(3):
-        response = await client.post("/api/user/register",
-                                     json={"login": f"v6-{i}", "password": "secret-pass"},
-                                     headers={"X-Forwarded-For": f"2001:db8:7:7::{i + 1}"})
+        response = await client.post(
+            "/api/user/register",
+            json={"login": f"v6-{i}", "password": "secret-pass"},
+            headers={"X-Forwarded-For": f"2001:db8:7:7::{i + 1}"},
+        )
         statuses.append(response.status)
     assert statuses == [200, 200, 429]

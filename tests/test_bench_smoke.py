@@ -40,7 +40,8 @@ ROWS = (
 
 def _can_get_wrk() -> bool:
     return shutil.which("wrk") is not None or (
-        os.geteuid() == 0 and shutil.which("apt-get") is not None)
+        os.geteuid() == 0 and shutil.which("apt-get") is not None
+    )
 
 
 @pytest.mark.e2e
@@ -49,7 +50,11 @@ def _can_get_wrk() -> bool:
 def test_bench_smoke_run_exits_0_and_prints_every_row(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--results", str(tmp_path / "smoke.md")],
-        cwd=ROOT, capture_output=True, text=True, timeout=280)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == len(ROWS) + 1  # the header, then one line per figure

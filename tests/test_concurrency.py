@@ -14,7 +14,8 @@ from tests.conftest import credit, register
 
 
 async def test_invariants_hold_under_concurrent_uploads_and_withdrawals(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     rng = random.Random(7)
     users = [f"crowd{i}" for i in range(12)]
     tokens = {}
@@ -25,15 +26,17 @@ async def test_invariants_hold_under_concurrent_uploads_and_withdrawals(
     withdraw_numbers = [with_check_digit(str(700000 + i)) for i in range(60)]
 
     async def upload(login: str, number: str) -> int:
-        response = await client.post("/api/user/orders", data=number,
-                                     headers={"Authorization": tokens[login]})
+        response = await client.post(
+            "/api/user/orders", data=number, headers={"Authorization": tokens[login]}
+        )
         return response.status
 
     async def withdraw(login: str, number: str, amount: str) -> int:
-        response = await client.post("/api/user/balance/withdraw",
-                                     data=f'{{"order": "{number}", "sum": {amount}}}',
-                                     headers={"Authorization": tokens[login],
-                                              "Content-Type": "application/json"})
+        response = await client.post(
+            "/api/user/balance/withdraw",
+            data=f'{{"order": "{number}", "sum": {amount}}}',
+            headers={"Authorization": tokens[login], "Content-Type": "application/json"},
+        )
         return response.status
 
     calls = []
@@ -70,8 +73,9 @@ async def test_login_costs_the_same_for_unknown_and_known_logins(client: TestCli
 
     async def timed(login: str) -> float:
         started = time.perf_counter()
-        response = await client.post("/api/user/login",
-                                     json={"login": login, "password": "a-wrong-password"})
+        response = await client.post(
+            "/api/user/login", json={"login": login, "password": "a-wrong-password"}
+        )
         assert response.status == 401
         return time.perf_counter() - started
 

@@ -17,8 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LOCKS = ROOT / "requirements"
 # One entry: "name==version [; marker] \" followed by its "--hash=sha256:..." lines.
-_ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)(?:\s*;\s*([^\\\n]+?))?\s*\\\n"
-                    r"((?:\s+--hash=sha256:[0-9a-f]{64}\s*\\?\n?)+)", re.MULTILINE)
+_ENTRY = re.compile(
+    r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)(?:\s*;\s*([^\\\n]+?))?\s*\\\n"
+    r"((?:\s+--hash=sha256:[0-9a-f]{64}\s*\\?\n?)+)",
+    re.MULTILINE,
+)
 
 
 def locked(name: str) -> dict[str, list[tuple[Version, str | None, int]]]:
@@ -27,11 +30,14 @@ def locked(name: str) -> dict[str, list[tuple[Version, str | None, int]]]:
     pins: dict[str, list[tuple[Version, str | None, int]]] = {}
     for match in _ENTRY.finditer(text):
         pins.setdefault(canonicalize_name(match.group(1)), []).append(
-            (Version(match.group(2)), match.group(3), match.group(4).count("--hash=")))
-    requirement_lines = [line for line in text.splitlines()
-                         if line and not line.startswith((" ", "#"))]
+            (Version(match.group(2)), match.group(3), match.group(4).count("--hash="))
+        )
+    requirement_lines = [
+        line for line in text.splitlines() if line and not line.startswith((" ", "#"))
+    ]
     assert len(requirement_lines) == sum(len(v) for v in pins.values()), (
-        f"{name}: a line that is not 'name==version' with hashes")
+        f"{name}: a line that is not 'name==version' with hashes"
+    )
     return pins
 
 
@@ -40,13 +46,17 @@ DEV = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["de
 BUILD = [Requirement(r) for r in PYPROJECT["build-system"]["requires"]]
 
 
-@pytest.mark.parametrize(("lock", "requirements"), [
-    ("runtime.lock", RUNTIME),
-    ("build.lock", BUILD),
-    ("dev.lock", RUNTIME + DEV + BUILD),
-])
+@pytest.mark.parametrize(
+    ("lock", "requirements"),
+    [
+        ("runtime.lock", RUNTIME),
+        ("build.lock", BUILD),
+        ("dev.lock", RUNTIME + DEV + BUILD),
+    ],
+)
 def test_every_declared_dependency_is_pinned_within_its_range(
-        lock: str, requirements: list[Requirement]) -> None:
+    lock: str, requirements: list[Requirement]
+) -> None:
     pins = locked(lock)
     for requirement in requirements:
         name = canonicalize_name(requirement.name)
@@ -54,7 +64,8 @@ def test_every_declared_dependency_is_pinned_within_its_range(
         for version, _, hashes in pins[name]:
             assert requirement.specifier.contains(version, prereleases=True), (
                 f"requirements/{lock} pins {name}=={version}, outside {requirement}: "
-                "run `make lock`")
+                "run `make lock`"
+            )
             assert hashes >= 1
 
 
@@ -63,7 +74,8 @@ def test_the_image_locks_pin_what_the_suite_ran_with() -> None:
     for lock in ("runtime.lock", "build.lock"):
         for name, pins in locked(lock).items():
             assert [v for v, _, _ in pins] == [v for v, _, _ in dev.get(name, [])], (
-                f"{lock} and dev.lock disagree on {name}: run `make lock`")
+                f"{lock} and dev.lock disagree on {name}: run `make lock`"
+            )
 
 
 def test_the_runtime_lock_holds_no_development_or_build_tool() -> None:
@@ -77,8 +89,10 @@ def test_every_install_goes_through_the_locks_with_hashes() -> None:
     stamp_recipe = makefile.split("$(STAMP): ", 1)[1].split("\n\n", 1)[0]
     assert "requirements/dev.lock" in stamp_recipe.splitlines()[0], "reinstall on a new lock"
     installs = [line for line in stamp_recipe.splitlines() if "$(PIP)" in line]
-    assert installs == ["\t$(PIP) --require-hashes -r requirements/dev.lock",
-                        "\t$(PIP) --no-deps --no-build-isolation -e ."]
+    assert installs == [
+        "\t$(PIP) --require-hashes -r requirements/dev.lock",
+        "\t$(PIP) --no-deps --no-build-isolation -e .",
+    ]
     dockerfile = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
     pip_installs = re.findall(r"pip install ([^&\n]+)", dockerfile)
     assert {re.sub(r"\s+", " ", args).strip() for args in pip_installs} == {

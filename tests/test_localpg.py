@@ -10,9 +10,12 @@ from shared.private_files import UnsafeFile
 
 
 async def test_throwaway_cluster_refuses_connections_without_its_password(
-        pg_server: LocalPostgres) -> None:
-    for dsn in (f"postgresql://postgres@127.0.0.1:{pg_server.port}/postgres",
-                f"postgresql://postgres:guess@127.0.0.1:{pg_server.port}/postgres"):
+    pg_server: LocalPostgres,
+) -> None:
+    for dsn in (
+        f"postgresql://postgres@127.0.0.1:{pg_server.port}/postgres",
+        f"postgresql://postgres:guess@127.0.0.1:{pg_server.port}/postgres",
+    ):
         with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
             await asyncpg.connect(dsn, timeout=5)
     conn = await asyncpg.connect(pg_server.dsn, timeout=5)

@@ -19,8 +19,11 @@ def _process(directory: Path, name: str, requests: int, seconds: float) -> Share
 
 
 def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for metric in registry.collect() for s in metric.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for metric in registry.collect()
+        for s in metric.samples
+    }
 
 
 def test_a_scrape_sums_every_process_snapshot(tmp_path: Path) -> None:
@@ -39,8 +42,7 @@ def test_a_scrape_sums_every_process_snapshot(tmp_path: Path) -> None:
     assert not any(name.endswith("_created") for name, _ in samples)
 
 
-def test_counts_of_a_process_that_exited_are_kept_and_its_gauges_dropped(
-        tmp_path: Path) -> None:
+def test_counts_of_a_process_that_exited_are_kept_and_its_gauges_dropped(tmp_path: Path) -> None:
     exited = subprocess.Popen([sys.executable, "-c", ""])
     exited.wait()  # a pid that no longer runs
     gone = _process(tmp_path, str(exited.pid), requests=5, seconds=0.1)

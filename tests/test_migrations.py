@@ -42,27 +42,39 @@ async def test_all_objects_live_in_the_gophermart_schema(database_uri: str) -> N
     try:
         outside = await conn.fetch(
             "SELECT table_schema, table_name FROM information_schema.tables"
-            " WHERE table_schema NOT IN ('gophermart', 'pg_catalog', 'information_schema')")
+            " WHERE table_schema NOT IN ('gophermart', 'pg_catalog', 'information_schema')"
+        )
         assert outside == []
-        tables = {r["table_name"] for r in await conn.fetch(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'gophermart'")}
+        tables = {
+            r["table_name"]
+            for r in await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'gophermart'"
+            )
+        }
         assert {"users", "balances", "orders", "ledger", "accrual_gate"} <= tables
     finally:
         await conn.close()
 
 
 async def test_a_database_a_newer_build_migrated_is_refused_before_any_change(
-        database_uri: str) -> None:
+    database_uri: str,
+) -> None:
     conn = await asyncpg.connect(database_uri)
     try:
         latest = available()[-1]
         # A newer build applied 9999; this one also lacks its own latest file.
-        await conn.execute("DELETE FROM gophermart.schema_migrations WHERE version = $1",
-                           latest.version)
-        await conn.execute("INSERT INTO gophermart.schema_migrations (version, name)"
-                           " VALUES (9999, '9999_next.sql')")
-        with pytest.raises(SchemaTooNew, match=r"newer than this build: it holds "
-                                               r"9999_next\.sql"):
+        await conn.execute(
+            "DELETE FROM gophermart.schema_migrations WHERE version = $1", latest.version
+        )
+        await conn.execute(
+            "INSERT INTO gophermart.schema_migrations (version, name)"
+            " VALUES (9999, '9999_next.sql')"
+        )
+        with pytest.raises(
+            SchemaTooNew,
+            match=r"newer than this build: it holds "
+            r"9999_next\.sql",
+        ):
             await migrate(database_uri)
         assert [m.name for m in await pending(conn)] == [latest.name]  # nothing applied
     finally:

@@ -23,10 +23,12 @@ from deploy.compose_check import HostPorts, derive
 from shared.settings import ApiSettings, WorkerSettings, split_host_port
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-    "scripts"]
-SETTINGS_OF = {"gophermart-api": ApiSettings, "gophermart-worker": WorkerSettings,
-               "accrual-sim": SimSettings}
+SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+SETTINGS_OF = {
+    "gophermart-api": ApiSettings,
+    "gophermart-worker": WorkerSettings,
+    "accrual-sim": SimSettings,
+}
 # Compose's own interpolation: ${VAR}, ${VAR:-default}, ${VAR:?message}.
 _INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?[-?][^}]*)?\}")
 
@@ -45,9 +47,11 @@ def flag_names(cls: type) -> set[str]:
 
 def expand(text: str) -> str:
     """The value with every ``${VAR…}`` replaced by its default (or a placeholder)."""
+
     def default(match: re.Match[str]) -> str:
-        rest = match.group(0)[len(match.group(1)) + 2:-1]
+        rest = match.group(0)[len(match.group(1)) + 2 : -1]
         return rest[2:] if rest.startswith(":-") else "set-by-operator"
+
     return _INTERPOLATION.sub(default, text)
 
 
@@ -66,8 +70,11 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def app_services(services: dict[str, dict[str, Any]]) -> dict[str, tuple[str, list[str]]]:
     """service -> (console script, its arguments) for the services running our image."""
-    return {name: (spec["command"][0], spec["command"][1:])
-            for name, spec in services.items() if "command" in spec}
+    return {
+        name: (spec["command"][0], spec["command"][1:])
+        for name, spec in services.items()
+        if "command" in spec
+    }
 
 
 def environment(spec: dict[str, Any]) -> dict[str, str]:
@@ -77,15 +84,20 @@ def environment(spec: dict[str, Any]) -> dict[str, str]:
 
 
 def test_the_expected_services_run_the_expected_programs(
-        services: dict[str, dict[str, Any]]) -> None:
+    services: dict[str, dict[str, Any]],
+) -> None:
     assert {name: script for name, (script, _) in app_services(services).items()} == {
-        "api": "gophermart-api", "worker": "gophermart-worker", "accrual": "accrual-sim"}
+        "api": "gophermart-api",
+        "worker": "gophermart-worker",
+        "accrual": "accrual-sim",
+    }
     assert services["postgres"]["image"] == "postgres:15"
     assert app_services(services)["accrual"][1] == ["--seed-demo"]
 
 
 def test_commands_are_console_scripts_whose_modules_exist(
-        services: dict[str, dict[str, Any]]) -> None:
+    services: dict[str, dict[str, Any]],
+) -> None:
     for name, (script, args) in app_services(services).items():
         assert script in SCRIPTS, f"{name}: {script} is not in [project.scripts]"
         module, _, function = SCRIPTS[script].partition(":")
@@ -106,7 +118,8 @@ def test_every_variable_set_is_a_real_setting(services: dict[str, dict[str, Any]
 
 
 def test_listen_addresses_are_public_and_match_the_published_ports(
-        services: dict[str, dict[str, Any]]) -> None:
+    services: dict[str, dict[str, Any]],
+) -> None:
     for name in ("api", "accrual"):
         host, port = split_host_port(environment(services[name])["RUN_ADDRESS"])
         assert host == "0.0.0.0", f"{name} must listen on every interface in a container"
@@ -116,7 +129,8 @@ def test_listen_addresses_are_public_and_match_the_published_ports(
 
 
 def test_addresses_between_services_point_at_real_services(
-        services: dict[str, dict[str, Any]]) -> None:
+    services: dict[str, dict[str, Any]],
+) -> None:
     accrual_port = split_host_port(environment(services["accrual"])["RUN_ADDRESS"])[1]
     postgres = environment(services["postgres"])
     for name in ("api", "worker"):
@@ -126,16 +140,20 @@ def test_addresses_between_services_point_at_real_services(
         database = urlsplit(env["DATABASE_URI"])
         assert database.hostname in services
         assert (database.username, database.password, database.path) == (
-            postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"],
-            "/" + postgres["POSTGRES_DB"])
+            postgres["POSTGRES_USER"],
+            postgres["POSTGRES_PASSWORD"],
+            "/" + postgres["POSTGRES_DB"],
+        )
 
 
 def test_the_api_requires_a_session_secret_from_the_environment(
-        services: dict[str, dict[str, Any]]) -> None:
+    services: dict[str, dict[str, Any]],
+) -> None:
     # ${VAR:?message}: compose refuses to start without it, so tokens never
     # silently become per-process random ones.
-    assert re.fullmatch(r"\$\{SESSION_SECRET:\?.+\}",
-                        services["api"]["environment"]["SESSION_SECRET"])
+    assert re.fullmatch(
+        r"\$\{SESSION_SECRET:\?.+\}", services["api"]["environment"]["SESSION_SECRET"]
+    )
 
 
 def test_the_first_run_script_writes_the_secret_once(tmp_path: Path) -> None:
@@ -145,8 +163,10 @@ def test_the_first_run_script_writes_the_secret_once(tmp_path: Path) -> None:
     env.write_text("POSTGRES_PASSWORD=kept")  # no final newline: must not be swallowed
     script = ROOT / "deploy" / "env-init.sh"
     assert "deploy/env-init.sh" in str(
-        yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["api"][
-            "environment"]["SESSION_SECRET"])
+        yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["api"]["environment"][
+            "SESSION_SECRET"
+        ]
+    )
     subprocess.run([script, env], check=True, capture_output=True)
     first = env.read_text()
     assert re.fullmatch(r"POSTGRES_PASSWORD=kept\nSESSION_SECRET=[0-9a-f]{64}\n", first)
@@ -164,7 +184,8 @@ def test_secrets_stay_out_of_the_image_and_out_of_git() -> None:
 
 
 def test_one_image_is_built_once_and_shared_by_every_app_service(
-        services: dict[str, dict[str, Any]]) -> None:
+    services: dict[str, dict[str, Any]],
+) -> None:
     builders = [name for name, spec in services.items() if "build" in spec]
     assert builders == ["api"]
     images = {services[name]["image"] for name in app_services(services)}
@@ -175,12 +196,10 @@ def test_one_image_is_built_once_and_shared_by_every_app_service(
         assert services[name]["read_only"] is True and services[name]["tmpfs"] == ["/tmp"]
 
 
-def test_only_the_api_is_published_beyond_loopback(
-        services: dict[str, dict[str, Any]]) -> None:
+def test_only_the_api_is_published_beyond_loopback(services: dict[str, dict[str, Any]]) -> None:
     # The simulator's write API registers purchases, i.e. mints points: loopback
     # only. PostgreSQL and the workers' ops ports stay inside the network.
-    published = {name: [str(p) for p in spec.get("ports", [])]
-                 for name, spec in services.items()}
+    published = {name: [str(p) for p in spec.get("ports", [])] for name, spec in services.items()}
     assert published["api"] == ["8080:8080"]
     assert published["accrual"] == ["127.0.0.1:8081:8081"]
     assert not published["postgres"] and not published["worker"]
@@ -193,8 +212,7 @@ def test_the_compose_version_is_stated(compose: dict[str, Any]) -> None:
     assert "Compose v2.3.3" in (ROOT / "README.md").read_text()
 
 
-def test_start_order_waits_for_healthy_dependencies(
-        services: dict[str, dict[str, Any]]) -> None:
+def test_start_order_waits_for_healthy_dependencies(services: dict[str, dict[str, Any]]) -> None:
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     for name in ("api", "worker"):
         assert "postgres" in services[name]["depends_on"]
@@ -223,6 +241,7 @@ def test_the_database_keeps_its_data_in_a_named_volume(compose: dict[str, Any]) 
 
 
 # --- Dockerfile --------------------------------------------------------------
+
 
 def dockerfile_stages() -> list[tuple[str, list[tuple[str, str]]]]:
     """[(base image, [(instruction, arguments)])] with ``\\`` continuations joined."""
@@ -281,7 +300,8 @@ def test_the_image_contains_every_package_the_console_scripts_need() -> None:
     builder = dockerfile_stages()[0][1]
     copied = {rest.split()[0] for instruction, rest in builder if instruction == "COPY"}
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"]
+        "packages"
+    ]
     assert set(packages) <= copied
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not set(packages) & set(ignored)
@@ -289,6 +309,7 @@ def test_the_image_contains_every_package_the_console_scripts_need() -> None:
 
 
 # --- make compose-check's derived files ----------------------------------------
+
 
 def test_compose_v1_gets_the_same_file_without_its_name(compose: dict[str, Any]) -> None:
     derived = derive(compose, v1=True, host=None, context=ROOT)

@@ -25,8 +25,9 @@ async def test_readyz_is_ready_with_a_migrated_database(client: TestClient) -> N
     assert await response.json() == {"status": "ready"}
 
 
-async def test_readyz_is_503_with_a_pending_migration(client: TestClient,
-                                                      pool: asyncpg.Pool) -> None:
+async def test_readyz_is_503_with_a_pending_migration(
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     latest = available()[-1]
     await pool.execute("DELETE FROM schema_migrations WHERE version = $1", latest.version)
     response = await client.get("/readyz")
@@ -37,16 +38,19 @@ async def test_readyz_is_503_with_a_pending_migration(client: TestClient,
 
 
 async def test_readyz_is_503_once_a_newer_build_migrates_the_database(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     assert (await client.get("/readyz")).status == 200
     await pool.execute(
-        "INSERT INTO schema_migrations (version, name) VALUES (9999, '9999_next.sql')")
+        "INSERT INTO schema_migrations (version, name) VALUES (9999, '9999_next.sql')"
+    )
     response = await client.get("/readyz")
     assert response.status == 503
     assert await response.json() == {"status": "unavailable"}  # the public port: no reason
     error = await database_ready(pool, schema_problem)
     assert error is not None and error.startswith(
-        "the database schema is newer than this build: it holds 9999_next.sql"), error
+        "the database schema is newer than this build: it holds 9999_next.sql"
+    ), error
 
 
 async def test_readyz_is_503_when_the_database_is_unreachable(client: TestClient) -> None:
@@ -59,7 +63,8 @@ async def test_readyz_is_503_when_the_database_is_unreachable(client: TestClient
 
 
 async def test_database_ready_reports_none_when_ready_and_a_reason_when_not(
-        pool: asyncpg.Pool, database_uri: str) -> None:
+    pool: asyncpg.Pool, database_uri: str
+) -> None:
     assert await database_ready(pool, schema_problem) is None
     closed = await asyncpg.create_pool(database_uri, min_size=1, max_size=1)
     await closed.close()
@@ -67,12 +72,12 @@ async def test_database_ready_reports_none_when_ready_and_a_reason_when_not(
     assert reason is not None and reason.startswith("database unavailable: InterfaceError")
 
 
-async def ops_client(aiohttp_client: Any, ready: ReadyCheck,
-                     ready_timeout: float = 2.0) -> TestClient:
+async def ops_client(
+    aiohttp_client: Any, ready: ReadyCheck, ready_timeout: float = 2.0
+) -> TestClient:
     """What the worker serves: the ops routes alone, on an application of their own."""
     app = web.Application()
-    app.add_routes(ops_routes(ready=ready, registry=new_registry(),
-                              ready_timeout=ready_timeout))
+    app.add_routes(ops_routes(ready=ready, registry=new_registry(), ready_timeout=ready_timeout))
     client: TestClient = await aiohttp_client(app)
     return client
 
@@ -102,8 +107,7 @@ async def test_a_readiness_check_that_hangs_is_cut_short(aiohttp_client: Any) ->
     assert (await response.json())["error"] == "readiness check timed out after 0.05 s"
 
 
-async def test_a_readiness_check_that_raises_is_reported_not_raised(
-        aiohttp_client: Any) -> None:
+async def test_a_readiness_check_that_raises_is_reported_not_raised(aiohttp_client: Any) -> None:
     async def ready() -> str | None:
         raise RuntimeError("boom")
 
@@ -120,5 +124,7 @@ async def test_a_failing_check_reason_is_passed_through(aiohttp_client: Any) -> 
     client = await ops_client(aiohttp_client, ready)
     response = await client.get("/readyz")
     assert response.status == 503
-    assert await response.json() == {"status": "unavailable",
-                                     "error": "accrual listener reconnecting"}
+    assert await response.json() == {
+        "status": "unavailable",
+        "error": "accrual listener reconnecting",
+    }

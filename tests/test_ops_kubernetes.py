@@ -39,7 +39,8 @@ def assemble(base: Path) -> list[Manifest]:
     """What `kubectl kustomize` renders for a base of plain resources."""
     kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
     assert set(kustomization) == {"apiVersion", "kind", "resources"}, (
-        "the base is plain resources: transformers belong in overlays")
+        "the base is plain resources: transformers belong in overlays"
+    )
     documents: list[Manifest] = []
     for resource in kustomization["resources"]:
         documents.extend(d for d in yaml.safe_load_all((base / resource).read_text()) if d)
@@ -76,8 +77,9 @@ def test_every_resource_of_the_base_is_rendered() -> None:
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kubectl_kustomize_renders_the_same_objects(manifests: list[Manifest]) -> None:
-    rendered = subprocess.run(["kubectl", "kustomize", str(BASE)], check=True,
-                              capture_output=True, text=True).stdout
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(BASE)], check=True, capture_output=True, text=True
+    ).stdout
     by_key = {key(d): d for d in yaml.safe_load_all(rendered) if d}
     assert by_key == {key(d): d for d in manifests}
 
@@ -86,14 +88,19 @@ def test_every_object_is_valid_for_a_current_kubernetes(manifests: list[Manifest
     kinds = set()
     for doc in manifests:
         if doc["apiVersion"].startswith("keda.sh/"):
-            schema = json.loads((KEDA_SCHEMAS / f"{doc['kind'].lower()}_v1alpha1.json")
-                                .read_text())
+            schema = json.loads((KEDA_SCHEMAS / f"{doc['kind'].lower()}_v1alpha1.json").read_text())
             jsonschema.validate(doc, schema)
         else:
             kubernetes_validate.validate(doc, KUBERNETES, strict=True)
         kinds.add(doc["kind"])
-    assert kinds == {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
-                     "ScaledObject", "TriggerAuthentication"}
+    assert kinds == {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "ScaledObject",
+        "TriggerAuthentication",
+    }
 
 
 def test_validation_catches_a_misspelt_field(manifests: list[Manifest]) -> None:
@@ -104,14 +111,18 @@ def test_validation_catches_a_misspelt_field(manifests: list[Manifest]) -> None:
     scaled = json.loads(json.dumps(find(manifests, "ScaledObject", "gophermart-worker")))
     scaled["spec"]["minReplicas"] = 1
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(scaled, json.loads(
-            (KEDA_SCHEMAS / "scaledobject_v1alpha1.json").read_text()))
+        jsonschema.validate(
+            scaled, json.loads((KEDA_SCHEMAS / "scaledobject_v1alpha1.json").read_text())
+        )
 
 
-@pytest.mark.parametrize(("name", "script"), [("gophermart-api", "gophermart-api"),
-                                              ("gophermart-worker", "gophermart-worker")])
+@pytest.mark.parametrize(
+    ("name", "script"),
+    [("gophermart-api", "gophermart-api"), ("gophermart-worker", "gophermart-worker")],
+)
 def test_each_deployment_runs_its_program_with_real_settings_from_config_and_secret(
-        manifests: list[Manifest], name: str, script: str) -> None:
+    manifests: list[Manifest], name: str, script: str
+) -> None:
     deployment = find(manifests, "Deployment", name)
     app = container(deployment)
     assert app["command"] == [script] and script in SCRIPTS
@@ -154,12 +165,16 @@ def named_port(deployment: Manifest, name: str) -> int:
     return int(port)
 
 
-@pytest.mark.parametrize(("name", "variable", "port_name"), [
-    ("gophermart-api", "RUN_ADDRESS", "http"),
-    ("gophermart-worker", "WORKER_HEALTH_ADDRESS", "ops"),
-])
+@pytest.mark.parametrize(
+    ("name", "variable", "port_name"),
+    [
+        ("gophermart-api", "RUN_ADDRESS", "http"),
+        ("gophermart-worker", "WORKER_HEALTH_ADDRESS", "ops"),
+    ],
+)
 def test_probes_and_scraping_hit_the_port_the_process_listens_on(
-        manifests: list[Manifest], name: str, variable: str, port_name: str) -> None:
+    manifests: list[Manifest], name: str, variable: str, port_name: str
+) -> None:
     deployment = find(manifests, "Deployment", name)
     host, port = split_host_port(env_of(deployment)[variable])
     assert host == "0.0.0.0" and named_port(deployment, port_name) == port
@@ -173,7 +188,8 @@ def test_probes_and_scraping_hit_the_port_the_process_listens_on(
 
 
 def test_the_service_and_the_disruption_budget_select_the_api_pods(
-        manifests: list[Manifest]) -> None:
+    manifests: list[Manifest],
+) -> None:
     api = find(manifests, "Deployment", "gophermart-api")
     labels = api["spec"]["template"]["metadata"]["labels"]
     assert api["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -190,8 +206,12 @@ def test_the_service_and_the_disruption_budget_select_the_api_pods(
 
 def bench_peak_rss_mb(process: str) -> int:
     results = (ROOT / "bench" / "RESULTS.md").read_text()
-    found = re.search(rf"^\| peak RSS of one {process} process under the load above "
-                      r"\(VmHWM\) \| (\d+) MB", results, re.M)
+    found = re.search(
+        rf"^\| peak RSS of one {process} process under the load above "
+        r"\(VmHWM\) \| (\d+) MB",
+        results,
+        re.M,
+    )
     assert found, f"bench/RESULTS.md has no peak RSS figure for the {process}"
     return int(found.group(1))
 
@@ -202,10 +222,12 @@ def mebibytes(quantity: str) -> int:
     return int(parsed.group(1)) * (1024 if parsed.group(2) == "Gi" else 1)
 
 
-@pytest.mark.parametrize(("name", "process"), [("gophermart-api", "API"),
-                                               ("gophermart-worker", "worker")])
-def test_memory_is_sized_from_the_benchmark(manifests: list[Manifest], name: str,
-                                            process: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "process"), [("gophermart-api", "API"), ("gophermart-worker", "worker")]
+)
+def test_memory_is_sized_from_the_benchmark(
+    manifests: list[Manifest], name: str, process: str
+) -> None:
     deployment = find(manifests, "Deployment", name)
     resources = container(deployment)["resources"]
     # Processes per pod: explicit for the API, whose default follows the node's CPUs
@@ -236,7 +258,8 @@ def connection_budget(manifests: list[Manifest]) -> int:
 
 
 def test_the_connection_budget_fits_a_default_postgresql_and_the_readme_says_it(
-        manifests: list[Manifest]) -> None:
+    manifests: list[Manifest],
+) -> None:
     budget = connection_budget(manifests)
     assert budget <= PG_DEFAULT_CONNECTIONS
     readme = (ROOT / "README.md").read_text()
@@ -250,22 +273,24 @@ def scaler(manifests: list[Manifest]) -> tuple[Manifest, dict[str, str]]:
     return scaled, trigger
 
 
-def test_the_worker_scales_on_the_queue_with_the_pods_own_secret(
-        manifests: list[Manifest]) -> None:
+def test_the_worker_scales_on_the_queue_with_the_pods_own_secret(manifests: list[Manifest]) -> None:
     scaled, trigger = scaler(manifests)
     assert scaled["spec"]["scaleTargetRef"] == {"name": "gophermart-worker"}
     assert 1 <= scaled["spec"]["minReplicaCount"] < scaled["spec"]["maxReplicaCount"]
     auth = find(manifests, "TriggerAuthentication", trigger["authenticationRef"]["name"])
     assert auth["spec"]["secretTargetRef"] == [
-        {"parameter": "connection", "name": "gophermart", "key": "DATABASE_URI"}]
+        {"parameter": "connection", "name": "gophermart", "key": "DATABASE_URI"}
+    ]
     # The cap on the count never hides a reason to scale out.
     limit = re.search(r"LIMIT (\d+)", trigger["metadata"]["query"])
     assert limit and int(limit.group(1)) >= (
-        float(trigger["metadata"]["targetQueryValue"]) * scaled["spec"]["maxReplicaCount"])
+        float(trigger["metadata"]["targetQueryValue"]) * scaled["spec"]["maxReplicaCount"]
+    )
 
 
 async def test_the_backlog_query_counts_claimable_orders_through_the_due_index(
-        manifests: list[Manifest], database_uri: str) -> None:
+    manifests: list[Manifest], database_uri: str
+) -> None:
     query = scaler(manifests)[1]["metadata"]["query"]
     now = datetime.now(UTC)
     conn = await asyncpg.connect(database_uri, server_settings={"search_path": "gophermart"})
@@ -273,16 +298,25 @@ async def test_the_backlog_query_counts_claimable_orders_through_the_due_index(
     keda = await asyncpg.connect(database_uri)
     try:
         user = await conn.fetchval(
-            "INSERT INTO users (login, password_hash) VALUES ('k', 'x') RETURNING id")
-        rows = [("NEW", now - timedelta(seconds=5), None),
-                ("PROCESSING", now - timedelta(seconds=1), None),
-                ("NEW", now + timedelta(minutes=1), None),  # backing off: not due yet
-                ("PROCESSING", now + timedelta(seconds=30), None),  # claimed: leased
-                ("PROCESSED", now - timedelta(hours=1), 5)]  # final
+            "INSERT INTO users (login, password_hash) VALUES ('k', 'x') RETURNING id"
+        )
+        rows = [
+            ("NEW", now - timedelta(seconds=5), None),
+            ("PROCESSING", now - timedelta(seconds=1), None),
+            ("NEW", now + timedelta(minutes=1), None),  # backing off: not due yet
+            ("PROCESSING", now + timedelta(seconds=30), None),  # claimed: leased
+            ("PROCESSED", now - timedelta(hours=1), 5),
+        ]  # final
         for number, (status, due, accrual) in enumerate(rows):
             await conn.execute(
                 "INSERT INTO orders (number, user_id, status, next_attempt_at, "
-                "accrual) VALUES ($1, $2, $3, $4, $5)", str(number), user, status, due, accrual)
+                "accrual) VALUES ($1, $2, $3, $4, $5)",
+                str(number),
+                user,
+                status,
+                due,
+                accrual,
+            )
         assert await keda.fetchval(query) == 2
         await conn.execute("UPDATE accrual_gate SET paused_until = now() + interval '1 minute'")
         assert await keda.fetchval(query) == 0  # a 429 pause: more workers would only wait

@@ -36,11 +36,13 @@ def lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
 
 
 def test_a_structlog_event_is_one_json_line_with_stable_keys(
-        json_logs: pytest.CaptureFixture[str]) -> None:
+    json_logs: pytest.CaptureFixture[str],
+) -> None:
     configure_json()
     structlog.contextvars.bind_contextvars(request_id="r-1")
-    structlog.get_logger("api.orders").info("order uploaded", order="12345678903",
-                                            password="hunter2")
+    structlog.get_logger("api.orders").info(
+        "order uploaded", order="12345678903", password="hunter2"
+    )
     [entry] = lines(json_logs)
     assert entry["event"] == "order uploaded"
     assert entry["level"] == "info"
@@ -52,20 +54,23 @@ def test_a_structlog_event_is_one_json_line_with_stable_keys(
     assert timestamp.utcoffset() == UTC.utcoffset(None)
 
 
-def test_standard_library_records_get_the_same_keys(
-        json_logs: pytest.CaptureFixture[str]) -> None:
+def test_standard_library_records_get_the_same_keys(json_logs: pytest.CaptureFixture[str]) -> None:
     configure_json()
     structlog.contextvars.bind_contextvars(request_id="r-2")
     logging.getLogger("asyncpg.pool").warning("connection lost")
     logging.getLogger("noisy").debug("below the level")
     [entry] = lines(json_logs)
     assert {"timestamp", "level", "event", "logger", "request_id"} <= entry.keys()
-    assert (entry["level"], entry["logger"], entry["event"]) == \
-        ("warning", "asyncpg.pool", "connection lost")
+    assert (entry["level"], entry["logger"], entry["event"]) == (
+        "warning",
+        "asyncpg.pool",
+        "connection lost",
+    )
 
 
 def test_exceptions_are_rendered_inside_the_json_line(
-        json_logs: pytest.CaptureFixture[str]) -> None:
+    json_logs: pytest.CaptureFixture[str],
+) -> None:
     configure_json()
     try:
         raise ValueError("bad")
@@ -77,12 +82,17 @@ def test_exceptions_are_rendered_inside_the_json_line(
 
 
 def test_money_is_an_exact_json_number_in_every_log_line(
-        json_logs: pytest.CaptureFixture[str]) -> None:
+    json_logs: pytest.CaptureFixture[str],
+) -> None:
     configure_json()
     structlog.contextvars.bind_contextvars(balance=Decimal("0.10"))
     structlog.get_logger("worker.loop").info(
-        "order status changed", accrual=Decimal("700.00"), big=Decimal("9999999999999999.99"),
-        odd=Decimal("NaN"), nested={"sum": Decimal("1E+2")})
+        "order status changed",
+        accrual=Decimal("700.00"),
+        big=Decimal("9999999999999999.99"),
+        odd=Decimal("NaN"),
+        nested={"sum": Decimal("1E+2")},
+    )
     logging.getLogger("stdlib").warning("through the standard library too")
     raw, stdlib_line = json_logs.readouterr().err.splitlines()
     assert '"accrual":700.00' in raw and "Decimal(" not in raw
@@ -96,7 +106,8 @@ def test_money_is_an_exact_json_number_in_every_log_line(
 
 
 def test_other_unknown_values_are_their_repr_not_a_lost_line(
-        json_logs: pytest.CaptureFixture[str]) -> None:
+    json_logs: pytest.CaptureFixture[str],
+) -> None:
     configure_json()
     structlog.get_logger("x").info("odd value", what=object)
     [entry] = lines(json_logs)
@@ -104,7 +115,8 @@ def test_other_unknown_values_are_their_repr_not_a_lost_line(
 
 
 def test_every_value_is_cut_to_a_bounded_size_ours_and_other_libraries(
-        json_logs: pytest.CaptureFixture[str]) -> None:
+    json_logs: pytest.CaptureFixture[str],
+) -> None:
     configure_json()
     structlog.contextvars.bind_contextvars(path="/" + "p" * 10_000)
     structlog.get_logger("api.access").info("request", method="G" * 5_000, status=404)

@@ -18,8 +18,11 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def parse(text: str) -> Samples:
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float | None:
@@ -47,10 +50,20 @@ async def test_requests_are_counted_by_route_template_and_status(client: TestCli
     labels = {"method": "GET", "route": "/api/user/orders"}
     assert value(samples, "gophermart_http_requests_total", **labels, status="204") == 3
     assert value(samples, "gophermart_http_requests_total", **labels, status="401") == 1
-    assert value(samples, "gophermart_http_request_duration_seconds_count",
-                 **labels, status="204") == 3
-    assert value(samples, "gophermart_http_requests_total", method="POST",
-                 route="/api/user/register", status="200") == 1
+    assert (
+        value(samples, "gophermart_http_request_duration_seconds_count", **labels, status="204")
+        == 3
+    )
+    assert (
+        value(
+            samples,
+            "gophermart_http_requests_total",
+            method="POST",
+            route="/api/user/register",
+            status="200",
+        )
+        == 1
+    )
 
 
 async def test_unmatched_paths_share_one_label_value(client: TestClient) -> None:
@@ -71,8 +84,11 @@ async def test_withdrawal_outcomes_are_counted(client: TestClient, pool: asyncpg
     await credit(pool, "alice", "100", "9278923470")
 
     async def withdraw(auth: str, order: str, amount: int) -> int:
-        response = await client.post("/api/user/balance/withdraw", headers={
-            "Authorization": auth}, json={"order": order, "sum": amount})
+        response = await client.post(
+            "/api/user/balance/withdraw",
+            headers={"Authorization": auth},
+            json={"order": order, "sum": amount},
+        )
         return response.status
 
     assert await withdraw(token, "2377225624", 60) == 200
@@ -90,13 +106,20 @@ async def test_upload_outcomes_are_counted(client: TestClient) -> None:
     bob = await register(client, "bob")
 
     async def upload(auth: str, number: str) -> int:
-        response = await client.post("/api/user/orders", data=number, headers={
-            "Authorization": auth, "Content-Type": "text/plain"})
+        response = await client.post(
+            "/api/user/orders",
+            data=number,
+            headers={"Authorization": auth, "Content-Type": "text/plain"},
+        )
         return response.status
 
-    assert [await upload(alice, "12345678903"), await upload(alice, "12345678903"),
-            await upload(bob, "12345678903"), await upload(bob, "12345678904"),
-            await upload(bob, "9278923470")] == [202, 200, 409, 422, 202]
+    assert [
+        await upload(alice, "12345678903"),
+        await upload(alice, "12345678903"),
+        await upload(bob, "12345678903"),
+        await upload(bob, "12345678904"),
+        await upload(bob, "9278923470"),
+    ] == [202, 200, 409, 422, 202]
     samples = await scrape(client)
     expected = {"accepted": 2, "duplicate": 1, "conflict": 1, "invalid": 1}
     for outcome, count in expected.items():
@@ -110,14 +133,20 @@ async def test_every_outcome_is_exported_from_the_start(client: TestClient) -> N
 
 
 async def test_orders_gauge_counts_the_database_at_scrape_time(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     token = await register(client, "alice")
-    await client.post("/api/user/orders", data="12345678903",
-                      headers={"Authorization": token, "Content-Type": "text/plain"})
+    await client.post(
+        "/api/user/orders",
+        data="12345678903",
+        headers={"Authorization": token, "Content-Type": "text/plain"},
+    )
     await credit(pool, "alice", "5", "9278923470")
     samples = await scrape(client)
-    counts = {status: value(samples, "gophermart_orders", status=status)
-              for status in ("NEW", "PROCESSING", "INVALID", "PROCESSED")}
+    counts = {
+        status: value(samples, "gophermart_orders", status=status)
+        for status in ("NEW", "PROCESSING", "INVALID", "PROCESSED")
+    }
     assert counts == {"NEW": 1, "PROCESSING": 0, "INVALID": 0, "PROCESSED": 1}
 
 
@@ -127,12 +156,17 @@ async def test_metrics_still_answer_when_the_database_is_down(client: TestClient
     samples = await scrape(client)
     # The database gauge is left out rather than reported as zeros.
     assert with_name(samples, "gophermart_orders") == []
-    assert value(samples, "gophermart_http_requests_total", method="GET",
-                 route="/healthz", status="200") == 1
+    assert (
+        value(
+            samples, "gophermart_http_requests_total", method="GET", route="/healthz", status="200"
+        )
+        == 1
+    )
 
 
 async def test_many_apps_in_one_process_keep_separate_counts(
-        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    aiohttp_client: Any, api_settings: ApiSettings
+) -> None:
     first: TestClient = await aiohttp_client(create_app(api_settings))
     second: TestClient = await aiohttp_client(create_app(api_settings))
     await first.get("/healthz")
@@ -151,13 +185,29 @@ def test_label_children_are_bound_once_per_route_and_status() -> None:
     assert len(metrics._children) == 2
     samples = parse(generate_latest(metrics.registry).decode())
     assert value(samples, "gophermart_withdrawals_total", outcome="insufficient") == 1
-    assert value(samples, "gophermart_http_request_duration_seconds_bucket", method="GET",
-                 route="/api/user/balance", status="200", le="0.01") == 3
+    assert (
+        value(
+            samples,
+            "gophermart_http_request_duration_seconds_bucket",
+            method="GET",
+            route="/api/user/balance",
+            status="200",
+            le="0.01",
+        )
+        == 3
+    )
 
 
 def test_accrual_outcome_labels() -> None:
-    assert [accrual_outcome(s) for s in (200, 204, 429, 500, 503, 404, None)] == \
-        ["200", "204", "429", "5xx", "5xx", "error", "error"]
+    assert [accrual_outcome(s) for s in (200, 204, 429, 500, 503, 404, None)] == [
+        "200",
+        "204",
+        "429",
+        "5xx",
+        "5xx",
+        "error",
+        "error",
+    ]
 
 
 def test_worker_metrics_record_calls_claims_pauses_and_applied_orders() -> None:
@@ -177,8 +227,7 @@ def test_worker_metrics_record_calls_claims_pauses_and_applied_orders() -> None:
     assert value(samples, "gophermart_accrual_requests_total", outcome="429") == 1
     assert value(samples, "gophermart_accrual_requests_total", outcome="error") == 1
     assert value(samples, "gophermart_accrual_requests_total", outcome="5xx") == 0
-    assert value(samples, "gophermart_accrual_request_duration_seconds_count",
-                 outcome="error") == 1
+    assert value(samples, "gophermart_accrual_request_duration_seconds_count", outcome="error") == 1
     assert value(samples, "gophermart_worker_claim_batch_size_count") == 2
     assert value(samples, "gophermart_worker_claim_batch_size_sum") == 3
     assert value(samples, "gophermart_accrual_pause_seconds") == 12.5

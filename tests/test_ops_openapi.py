@@ -25,8 +25,7 @@ METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 def app_operations() -> dict[tuple[str, str], Callable[..., Any]]:
     """(path template, method) -> handler, for every route the API app serves."""
     # Nothing connects until the app starts, so any DSN will do.
-    app = create_app(ApiSettings(database_uri="postgresql://unused/unused",
-                                 session_secret=SECRET))
+    app = create_app(ApiSettings(database_uri="postgresql://unused/unused", session_secret=SECRET))
     found = {}
     for route in app.router.routes():
         resource = route.resource
@@ -36,8 +35,12 @@ def app_operations() -> dict[tuple[str, str], Callable[..., Any]]:
 
 
 def documented_operations() -> dict[tuple[str, str], dict[str, Any]]:
-    return {(path, method): op for path, ops in document()["paths"].items()
-            for method, op in ops.items() if method in METHODS}
+    return {
+        (path, method): op
+        for path, ops in document()["paths"].items()
+        for method, op in ops.items()
+        if method in METHODS
+    }
 
 
 def resolve(node: Any) -> Any:
@@ -60,9 +63,16 @@ def test_every_route_is_documented_and_every_documented_operation_exists() -> No
 # --- statuses: what the handler code can answer ------------------------------
 
 # Statuses named in calls: (function name, positional index of the status, default).
-_STATUS_CALLS = {"ApiError": (0, None), "Overloaded": (0, None), "error_response": (0, None),
-                 "json_response": (1, 200), "empty_response": (0, 204), "_json": (1, None),
-                 "Response": (None, 200), "StreamResponse": (None, 200)}
+_STATUS_CALLS = {
+    "ApiError": (0, None),
+    "Overloaded": (0, None),
+    "error_response": (0, None),
+    "json_response": (1, 200),
+    "empty_response": (0, 204),
+    "_json": (1, None),
+    "Response": (None, 200),
+    "StreamResponse": (None, 200),
+}
 _BODY_READERS = {"read", "json", "text", "post", "content"}
 
 
@@ -90,15 +100,24 @@ class _Scan:
         for node in ast.walk(tree):
             if isinstance(node, ast.Name) and node.id == "POOL":
                 self.uses_pool = True
-            elif isinstance(node, ast.Attribute) and node.attr in _BODY_READERS \
-                    and isinstance(node.value, ast.Name) and node.value.id == "request":
+            elif (
+                isinstance(node, ast.Attribute)
+                and node.attr in _BODY_READERS
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "request"
+            ):
                 self.reads_body = True
             elif isinstance(node, ast.Call):
                 self._call(node, func.__globals__)
 
     def _call(self, node: ast.Call, scope: dict[str, Any]) -> None:
-        name = node.func.attr if isinstance(node.func, ast.Attribute) else \
-            node.func.id if isinstance(node.func, ast.Name) else None
+        name = (
+            node.func.attr
+            if isinstance(node.func, ast.Attribute)
+            else node.func.id
+            if isinstance(node.func, ast.Name)
+            else None
+        )
         if name in _STATUS_CALLS:
             index, default = _STATUS_CALLS[name]
             given = [k.value for k in node.keywords if k.arg == "status"]
@@ -106,15 +125,15 @@ class _Scan:
                 given.append(node.args[index])
             if given:
                 status = given[0]
-                assert isinstance(status, ast.Constant) and isinstance(status.value, int), \
+                assert isinstance(status, ast.Constant) and isinstance(status.value, int), (
                     f"a status must be a literal to be checked: {ast.dump(status)}"
+                )
                 self.statuses.add(status.value)
             elif default is not None:
                 self.statuses.add(default)
             return  # the helper itself only passes a status through
         target = _lookup(node.func, scope)
-        if inspect.isfunction(target) and \
-                target.__module__.startswith(("api.", "shared.ops")):
+        if inspect.isfunction(target) and target.__module__.startswith(("api.", "shared.ops")):
             self.scan(target)
 
 
@@ -149,8 +168,7 @@ def test_status_scan_sees_middleware_and_body_statuses() -> None:
 
 
 @pytest.mark.parametrize("operation", sorted(documented_operations()), ids=" ".join)
-def test_documented_statuses_match_what_the_handler_can_answer(
-        operation: tuple[str, str]) -> None:
+def test_documented_statuses_match_what_the_handler_can_answer(operation: tuple[str, str]) -> None:
     handler = app_operations()[operation]
     implied, possible = possible_statuses(handler)
     documented = {int(code) for code in documented_operations()[operation]["responses"]}
@@ -159,6 +177,7 @@ def test_documented_statuses_match_what_the_handler_can_answer(
 
 
 # --- structure ---------------------------------------------------------------
+
 
 def _walk(node: Any, where: str = "#") -> Iterator[tuple[str, Any]]:
     yield where, node
@@ -201,12 +220,14 @@ def test_document_passes_openapi_spec_validator_when_installed() -> None:
 
 def test_auth_schemes_are_cookie_and_bearer() -> None:
     schemes = document()["components"]["securitySchemes"]
-    assert schemes["cookieAuth"] == {"type": "apiKey", "in": "cookie",
-                                     "name": "gophermart_session"}
+    assert schemes["cookieAuth"] == {"type": "apiKey", "in": "cookie", "name": "gophermart_session"}
     assert schemes["bearerAuth"]["type"] == "http"
     assert schemes["bearerAuth"]["scheme"] == "bearer"
-    protected = [op for (path, _), op in documented_operations().items()
-                 if path.startswith("/api/user/") and not path.endswith(("/register", "/login"))]
+    protected = [
+        op
+        for (path, _), op in documented_operations().items()
+        if path.startswith("/api/user/") and not path.endswith(("/register", "/login"))
+    ]
     assert len(protected) == 9  # six of the contract, logout, password change, events
     assert all(op["security"] == [{"cookieAuth": []}, {"bearerAuth": []}] for op in protected)
 
@@ -217,8 +238,10 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
     "string": lambda v: isinstance(v, str),
-    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
-    or (isinstance(v, Decimal) and v == v.to_integral_value()),
+    "integer": lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, Decimal) and v == v.to_integral_value())
+    ),
     "number": lambda v: isinstance(v, int | float | Decimal) and not isinstance(v, bool),
 }
 
@@ -244,8 +267,7 @@ def conforms(value: Any, schema: Any) -> list[str]:
         if "exclusiveMinimum" in schema and number <= Decimal(str(schema["exclusiveMinimum"])):
             problems.append(f"{value!r} <= {schema['exclusiveMinimum']}")
     if isinstance(value, dict):
-        problems += [f"missing {key!r}" for key in schema.get("required", [])
-                     if key not in value]
+        problems += [f"missing {key!r}" for key in schema.get("required", []) if key not in value]
         for key, item in value.items():
             if key in schema.get("properties", {}):
                 problems += conforms(item, schema["properties"][key])
@@ -293,8 +315,14 @@ def response_schema(path: str, method: str, status: int) -> Any:
     return response["content"]["application/json"]["schema"]
 
 
-async def check(client: TestClient, method: str, path: str, expected: int,
-                doc_path: str | None = None, **kwargs: Any) -> Any:
+async def check(
+    client: TestClient,
+    method: str,
+    path: str,
+    expected: int,
+    doc_path: str | None = None,
+    **kwargs: Any,
+) -> Any:
     """Make the request; its status and body must be the documented ones."""
     response = await client.request(method, path, **kwargs)
     assert response.status == expected, await response.text()
@@ -309,50 +337,111 @@ async def check(client: TestClient, method: str, path: str, expected: int,
 
 
 async def test_real_responses_conform_to_the_document(
-        client: TestClient, pool: asyncpg.Pool) -> None:
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
     await check(client, "POST", "/api/user/register", 400, json={"login": "x"})
     await check(client, "GET", "/api/user/orders", 401)  # before the cookie jar holds one
     token = await register(client, "alice")
     auth = {"Authorization": token}
-    await check(client, "POST", "/api/user/login", 401, json={"username": "alice",
-                                                              "password": "wrong"})
-    await check(client, "POST", "/api/user/login", 200, json={"username": "alice",
-                                                              "password": "secret-pass"})
+    await check(
+        client, "POST", "/api/user/login", 401, json={"username": "alice", "password": "wrong"}
+    )
+    await check(
+        client,
+        "POST",
+        "/api/user/login",
+        200,
+        json={"username": "alice", "password": "secret-pass"},
+    )
     await check(client, "GET", "/api/user/orders", 204, headers=auth)
     await check(client, "GET", "/api/user/withdrawals", 204, headers=auth)
-    await check(client, "POST", "/api/user/orders", 202, data="12345678903",
-                headers={**auth, "Content-Type": "text/plain"})
-    await check(client, "POST", "/api/user/orders", 200, json={"order_number": "12345678903"},
-                headers=auth)
-    await check(client, "POST", "/api/user/orders", 415, data=b"12345678903",
-                headers={**auth, "Content-Type": "image/png"})
-    await check(client, "POST", "/api/user/orders", 422, data="12345678904",
-                headers={**auth, "Content-Type": "text/plain"})
-    await check(client, "POST", "/api/user/orders", 413, data="1" * 70_000,
-                headers={**auth, "Content-Type": "text/plain"})
+    await check(
+        client,
+        "POST",
+        "/api/user/orders",
+        202,
+        data="12345678903",
+        headers={**auth, "Content-Type": "text/plain"},
+    )
+    await check(
+        client, "POST", "/api/user/orders", 200, json={"order_number": "12345678903"}, headers=auth
+    )
+    await check(
+        client,
+        "POST",
+        "/api/user/orders",
+        415,
+        data=b"12345678903",
+        headers={**auth, "Content-Type": "image/png"},
+    )
+    await check(
+        client,
+        "POST",
+        "/api/user/orders",
+        422,
+        data="12345678904",
+        headers={**auth, "Content-Type": "text/plain"},
+    )
+    await check(
+        client,
+        "POST",
+        "/api/user/orders",
+        413,
+        data="1" * 70_000,
+        headers={**auth, "Content-Type": "text/plain"},
+    )
     await credit(pool, "alice", "729.98", "9278923470")
     orders = await check(client, "GET", "/api/user/orders", 200, headers=auth)
     assert {o["status"] for o in orders} == {"NEW", "PROCESSED"}
-    await check(client, "POST", "/api/user/balance/withdraw", 402,
-                json={"order": "2377225624", "sum": 10_000}, headers=auth)
-    await check(client, "POST", "/api/user/balance/withdraw", 200,
-                json={"order": "2377225624", "sum": 100.5}, headers=auth)
-    await check(client, "POST", "/api/user/balance/withdraw", 409,
-                json={"order": "2377225624", "sum": 1}, headers=auth)
+    await check(
+        client,
+        "POST",
+        "/api/user/balance/withdraw",
+        402,
+        json={"order": "2377225624", "sum": 10_000},
+        headers=auth,
+    )
+    await check(
+        client,
+        "POST",
+        "/api/user/balance/withdraw",
+        200,
+        json={"order": "2377225624", "sum": 100.5},
+        headers=auth,
+    )
+    await check(
+        client,
+        "POST",
+        "/api/user/balance/withdraw",
+        409,
+        json={"order": "2377225624", "sum": 1},
+        headers=auth,
+    )
     balance = await check(client, "GET", "/api/user/balance", 200, headers=auth)
     assert balance == {"current": Decimal("629.48"), "withdrawn": Decimal("100.5")}
     await check(client, "GET", "/api/user/withdrawals", 200, headers=auth)
     await check(client, "GET", "/api/user/balance/withdrawals", 200, headers=auth)
-    await check(client, "POST", "/api/user/password", 400, json={"old_password": "x"},
-                headers=auth)
-    await check(client, "POST", "/api/user/password", 403,
-                json={"old_password": "wrong", "new_password": "new-secret-pass"}, headers=auth)
-    await check(client, "POST", "/api/user/password", 200,
-                json={"old_password": "secret-pass", "new_password": "new-secret-pass"},
-                headers=auth)
+    await check(client, "POST", "/api/user/password", 400, json={"old_password": "x"}, headers=auth)
+    await check(
+        client,
+        "POST",
+        "/api/user/password",
+        403,
+        json={"old_password": "wrong", "new_password": "new-secret-pass"},
+        headers=auth,
+    )
+    await check(
+        client,
+        "POST",
+        "/api/user/password",
+        200,
+        json={"old_password": "secret-pass", "new_password": "new-secret-pass"},
+        headers=auth,
+    )
     await check(client, "POST", "/api/user/logout", 401, headers=auth)  # ended by the change
-    fresh = await client.post("/api/user/login", json={"login": "alice",
-                                                      "password": "new-secret-pass"})
+    fresh = await client.post(
+        "/api/user/login", json={"login": "alice", "password": "new-secret-pass"}
+    )
     fresh_auth = {"Authorization": fresh.headers["Authorization"]}
     await check(client, "POST", "/api/user/logout", 200, headers=fresh_auth)
     await check(client, "GET", "/healthz", 200)
@@ -360,7 +449,8 @@ async def test_real_responses_conform_to_the_document(
 
 
 async def test_login_throttling_answers_429_with_retry_after(
-        aiohttp_client: Any, api_settings: ApiSettings) -> None:
+    aiohttp_client: Any, api_settings: ApiSettings
+) -> None:
     settings = dataclasses.replace(api_settings, login_max_failures=1)
     client: TestClient = await aiohttp_client(create_app(settings))
     await register(client, "bob")
@@ -383,4 +473,3 @@ async def test_document_and_docs_page_are_served(client: TestClient) -> None:
         assert f"<code>{path}</code>" in text
     # Self-contained: nothing is fetched from elsewhere.
     assert "<script" not in text and "http://" not in text and "https://" not in text
-

@@ -31,15 +31,22 @@ _SQL = re.compile(r"^\s*(WITH|SELECT|INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 # Statements that may read the whole of one index, and why.
 ALLOWED_FULL_SCANS: dict[str, tuple[str, str]] = {
     "orders.COUNT_BY_STATUS": (
-        "orders_due", "the metrics count the backlog, which is what this partial index holds"),
+        "orders_due",
+        "the metrics count the backlog, which is what this partial index holds",
+    ),
     "queue.PROBLEMS": (
-        "orders_problems", "operators list the set-aside orders, all this partial index holds"),
+        "orders_problems",
+        "operators list the set-aside orders, all this partial index holds",
+    ),
 }
 
 
 def _is_sql(value: object) -> bool:
-    return isinstance(value, str) and bool(_SQL.match(value)) \
+    return (
+        isinstance(value, str)
+        and bool(_SQL.match(value))
         and bool(re.search(r"\b(FROM|INTO|UPDATE)\b", value, re.IGNORECASE))
+    )
 
 
 def statements() -> dict[str, str]:
@@ -57,8 +64,9 @@ def statements() -> dict[str, str]:
             label = f"{module_info.name}.{name.lstrip('_')}"
             candidates = {label: value}
             if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                candidates = {f"{label}.{f.name}": getattr(value, f.name)
-                              for f in dataclasses.fields(value)}
+                candidates = {
+                    f"{label}.{f.name}": getattr(value, f.name) for f in dataclasses.fields(value)
+                }
             for key, sql in candidates.items():
                 if _is_sql(sql) and sql not in found.values():
                     found[key] = sql
@@ -68,11 +76,25 @@ def statements() -> dict[str, str]:
 STATEMENTS = statements()
 
 # A harmless literal per parameter type, for EXPLAIN EXECUTE (EXPLAIN takes no binds).
-_LITERALS = {"int2": "1", "int4": "1", "int8": "1", "numeric": "1", "float8": "1",
-             "float4": "1", "text": "1", "varchar": "1", "bool": "f",
-             "timestamptz": "2026-01-01T00:00:00Z", "interval": "1 second",
-             "bytea": "\\x00", "uuid": "00000000-0000-0000-0000-000000000000",
-             "inet": "127.0.0.1", "jsonb": "{}", "json": "{}", "date": "2026-01-01"}
+_LITERALS = {
+    "int2": "1",
+    "int4": "1",
+    "int8": "1",
+    "numeric": "1",
+    "float8": "1",
+    "float4": "1",
+    "text": "1",
+    "varchar": "1",
+    "bool": "f",
+    "timestamptz": "2026-01-01T00:00:00Z",
+    "interval": "1 second",
+    "bytea": "\\x00",
+    "uuid": "00000000-0000-0000-0000-000000000000",
+    "inet": "127.0.0.1",
+    "jsonb": "{}",
+    "json": "{}",
+    "date": "2026-01-01",
+}
 
 
 def _literal(type_: Any) -> str:
@@ -127,7 +149,8 @@ async def explain(conn: asyncpg.Connection, sql: str, mode: str) -> dict[str, An
     try:
         args = ", ".join(_literal(t) for t in params)
         text = await conn.fetchval(
-            f"EXPLAIN (FORMAT JSON) EXECUTE checked{f'({args})' if args else ''}")
+            f"EXPLAIN (FORMAT JSON) EXECUTE checked{f'({args})' if args else ''}"
+        )
     finally:
         await conn.execute("DEALLOCATE checked")
     plan: dict[str, Any] = json.loads(text)[0]
@@ -189,34 +212,60 @@ async def _plans(dsn: str, sizes: list[tuple[str, str | None]]) -> list[str]:
 
 def test_statements_are_discovered() -> None:
     # The hot statements of every module: if discovery breaks, this test says so.
-    for name in ("orders.UPLOAD", "orders.LISTING.page", "orders.LISTING.boundary",
-                 "balance.WITHDRAW", "balance.BALANCE",
-                 "users.CREDENTIALS", "queue.CLAIM", "queue.APPLY"):
+    for name in (
+        "orders.UPLOAD",
+        "orders.LISTING.page",
+        "orders.LISTING.boundary",
+        "balance.WITHDRAW",
+        "balance.BALANCE",
+        "users.CREDENTIALS",
+        "queue.CLAIM",
+        "queue.APPLY",
+    ):
         assert name in STATEMENTS, sorted(STATEMENTS)
 
 
 def test_the_check_catches_a_full_scan() -> None:
-    plan = {"Plan": {"Node Type": "Hash Join", "Plans": [
-        {"Node Type": "Seq Scan", "Relation Name": "orders"},
-        {"Node Type": "Index Scan", "Relation Name": "users", "Index Name": "users_pkey"},
-        {"Node Type": "Index Scan", "Relation Name": "orders", "Index Name": "orders_by_user",
-         "Index Cond": "(id = 1)"},
-        {"Node Type": "Index Scan", "Relation Name": "ledger", "Index Name": "ledger_pkey",
-         "Index Cond": "(id = 1)"}]}}
+    plan = {
+        "Plan": {
+            "Node Type": "Hash Join",
+            "Plans": [
+                {"Node Type": "Seq Scan", "Relation Name": "orders"},
+                {"Node Type": "Index Scan", "Relation Name": "users", "Index Name": "users_pkey"},
+                {
+                    "Node Type": "Index Scan",
+                    "Relation Name": "orders",
+                    "Index Name": "orders_by_user",
+                    "Index Cond": "(id = 1)",
+                },
+                {
+                    "Node Type": "Index Scan",
+                    "Relation Name": "ledger",
+                    "Index Name": "ledger_pkey",
+                    "Index Cond": "(id = 1)",
+                },
+            ],
+        }
+    }
     leading = {"users_pkey": "id", "orders_by_user": "user_id", "ledger_pkey": "id"}
     assert full_scans(plan, leading) == [
-        "Seq Scan on orders", "Index Scan on users reading all of users_pkey",
-        "Index Scan on orders reading all of orders_by_user"]
+        "Seq Scan on orders",
+        "Index Scan on users reading all of users_pkey",
+        "Index Scan on orders reading all of orders_by_user",
+    ]
 
 
 @pytest.mark.timeout(300)
 async def test_no_statement_scans_a_whole_table_at_any_size(database_uri: str) -> None:
-    problems = await _plans(database_uri, [
-        ("empty, never analyzed", None),
-        ("empty, analyzed", "ANALYZE"),
-        ("small, analyzed", _SMALL + "ANALYZE"),
-        ("large, analyzed", _FILL + "ANALYZE"),
-    ])
+    problems = await _plans(
+        database_uri,
+        [
+            ("empty, never analyzed", None),
+            ("empty, analyzed", "ANALYZE"),
+            ("small, analyzed", _SMALL + "ANALYZE"),
+            ("large, analyzed", _FILL + "ANALYZE"),
+        ],
+    )
     assert problems == [], "\n".join(problems)
 
 

@@ -18,8 +18,9 @@ from shared.stalls import Stalls
 @pytest.fixture
 async def small_pool(database_uri: str) -> AsyncIterator[tuple[FairPool, list[float]]]:
     waits: list[float] = []
-    pool = await create_pool(database_uri, min_size=0, max_size=4, acquire_timeout=0.2,
-                             share=2, on_wait=waits.append)
+    pool = await create_pool(
+        database_uri, min_size=0, max_size=4, acquire_timeout=0.2, share=2, on_wait=waits.append
+    )
     assert isinstance(pool, FairPool)
     try:
         yield pool, waits
@@ -35,9 +36,11 @@ async def as_customer(key: int | None, work: Callable[[], Awaitable[Any]]) -> An
 
 
 async def test_one_customer_holds_at_most_its_share_and_others_still_get_connections(
-        small_pool: tuple[FairPool, list[float]]) -> None:
+    small_pool: tuple[FairPool, list[float]],
+) -> None:
     pool, waits = small_pool
     async with AsyncExitStack() as held:
+
         async def take() -> asyncpg.Connection:
             return await held.enter_async_context(pool.acquire())  # type: ignore[arg-type]
 
@@ -59,14 +62,17 @@ async def test_one_customer_holds_at_most_its_share_and_others_still_get_connect
             await pool.fetchval("SELECT 1")
         assert not isinstance(busy.value, TimeoutError | OSError)  # never "database down"
     # Released: the customer's share is whole again and no entry is left behind.
-    assert await asyncio.gather(*(as_customer(1, lambda: pool.fetchval("SELECT 1"))
-                                  for _ in range(6))) == [1] * 6
+    assert (
+        await asyncio.gather(*(as_customer(1, lambda: pool.fetchval("SELECT 1")) for _ in range(6)))
+        == [1] * 6
+    )
     assert pool._shares == {} and pool._held == {}
     assert len(waits) >= 10 and max(waits) >= 0.2  # every wait was reported, timeouts too
 
 
 async def test_a_cancelled_waiter_gives_its_place_back(
-        small_pool: tuple[FairPool, list[float]]) -> None:
+    small_pool: tuple[FairPool, list[float]],
+) -> None:
     pool, _ = small_pool
     async with pool.acquire(), pool.acquire(), pool.acquire(), pool.acquire():
         waiter = asyncio.create_task(as_customer(1, lambda: pool.fetchval("SELECT 1")))

@@ -37,26 +37,47 @@ def test_unreadable_value_is_a_usage_error() -> None:
         load(WorkerSettings, [], {"WORKER_CONCURRENCY": "many"})
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    ("localhost:8081", "http://localhost:8081"), ("http://localhost:8081/", "http://localhost:8081"),
-    ("https://accrual.example:443", "https://accrual.example:443")])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("localhost:8081", "http://localhost:8081"),
+        ("http://localhost:8081/", "http://localhost:8081"),
+        ("https://accrual.example:443", "https://accrual.example:443"),
+    ],
+)
 def test_accrual_address_with_or_without_scheme(given: str, expected: str) -> None:
     assert with_scheme(given) == expected
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    ("localhost:8080", ("127.0.0.1", 8080)), (":9000", ("0.0.0.0", 9000)),
-    ("0.0.0.0:80", ("0.0.0.0", 80)), ("[::1]:8080", ("::1", 8080)),
-    ("http://localhost:1234/", ("127.0.0.1", 1234))])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("localhost:8080", ("127.0.0.1", 8080)),
+        (":9000", ("0.0.0.0", 9000)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("[::1]:8080", ("::1", 8080)),
+        ("http://localhost:1234/", ("127.0.0.1", 1234)),
+    ],
+)
 def test_listen_address_forms(given: str, expected: tuple[str, int]) -> None:
     assert split_host_port(given) == expected
 
 
 def test_help_lists_every_setting() -> None:
-    out = subprocess.run([sys.executable, "-m", "api", "-h"], capture_output=True, text=True,
-                         check=True).stdout
-    for env in ("RUN_ADDRESS", "DATABASE_URI", "ACCRUAL_SYSTEM_ADDRESS", "SESSION_SECRET",
-                "SESSION_TTL", "LOG_LEVEL", "LOG_FORMAT", "MAX_BODY_BYTES", "DB_POOL_MAX"):
+    out = subprocess.run(
+        [sys.executable, "-m", "api", "-h"], capture_output=True, text=True, check=True
+    ).stdout
+    for env in (
+        "RUN_ADDRESS",
+        "DATABASE_URI",
+        "ACCRUAL_SYSTEM_ADDRESS",
+        "SESSION_SECRET",
+        "SESSION_TTL",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "MAX_BODY_BYTES",
+        "DB_POOL_MAX",
+    ):
         assert env in out
     for flag in ("-a", "-d", "-r"):
         assert f"{flag} " in out

@@ -13,13 +13,17 @@ NUMBERS = [f"{i:04d}" for i in range(1, 41)]
 
 
 async def test_a_pause_recorded_by_one_worker_stops_the_other(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     first = itertools.count()
 
     def reply(number: str) -> web.Response:
         if next(first) == 0:
-            return web.Response(status=429, headers={"Retry-After": "2"},
-                                text="No more than 6000 requests per minute allowed")
+            return web.Response(
+                status=429,
+                headers={"Retry-After": "2"},
+                text="No more than 6000 requests per minute allowed",
+            )
         return json_reply("PROCESSED", "1", number)
 
     fake = FakeAccrual(reply=reply)
@@ -42,28 +46,32 @@ async def test_a_pause_recorded_by_one_worker_stops_the_other(
         assert len(fake.requests) == 1  # nobody called during the pause
 
         async def all_processed() -> bool:
-            return await pool.fetchval(
-                "SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 20
+            return (
+                await pool.fetchval("SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 20
+            )
 
         await eventually(all_processed, within=5)
     resumed_at = fake.requests[1][0]
     assert resumed_at - limited_at >= 1.9
     assert loop.time() - limited_at < 10
     # A 429 is no failure: the order's attempt was given back.
-    assert await pool.fetchval("SELECT attempts FROM orders WHERE number = $1",
-                               NUMBERS[0]) == 1
+    assert await pool.fetchval("SELECT attempts FROM orders WHERE number = $1", NUMBERS[0]) == 1
     assert a.stats.calls("429") + b.stats.calls("429") == 1
 
 
 async def test_after_a_429_the_fleet_paces_itself_under_the_announced_rate(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     rate = 300  # per minute: one call every 0.206 s at 97 %
     calls = itertools.count()
 
     def reply(number: str) -> web.Response:
         if next(calls) == 0:
-            return web.Response(status=429, headers={"Retry-After": "0"},
-                                text=f"No more than {rate} requests per minute allowed")
+            return web.Response(
+                status=429,
+                headers={"Retry-After": "0"},
+                text=f"No more than {rate} requests per minute allowed",
+            )
         return json_reply("PROCESSED", "1", number)
 
     fake = FakeAccrual(reply=reply)
@@ -79,12 +87,16 @@ async def test_after_a_429_the_fleet_paces_itself_under_the_announced_rate(
             return a.gate.rate_per_minute == b.gate.rate_per_minute == rate
 
         await eventually(limited, within=2)
-        await pool.execute("INSERT INTO orders (number, user_id)"
-                           " SELECT unnest($1::text[]), $2", NUMBERS[1:12], user)
+        await pool.execute(
+            "INSERT INTO orders (number, user_id) SELECT unnest($1::text[]), $2",
+            NUMBERS[1:12],
+            user,
+        )
 
         async def all_processed() -> bool:
-            return await pool.fetchval(
-                "SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 12
+            return (
+                await pool.fetchval("SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 12
+            )
 
         await eventually(all_processed, within=10)
     assert a.gate.rate_per_minute == b.gate.rate_per_minute == rate
@@ -98,17 +110,20 @@ async def test_after_a_429_the_fleet_paces_itself_under_the_announced_rate(
 
 
 async def test_no_limit_known_means_no_pacing(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     fake = FakeAccrual(reply=lambda n: json_reply("PROCESSED", "1", n))
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
     user = await make_user(pool)
     async with worker(pool, database_uri, str(server.make_url(""))) as harness:
-        await pool.execute("INSERT INTO orders (number, user_id)"
-                           " SELECT unnest($1::text[]), $2", NUMBERS, user)
+        await pool.execute(
+            "INSERT INTO orders (number, user_id) SELECT unnest($1::text[]), $2", NUMBERS, user
+        )
 
         async def all_processed() -> bool:
             return await pool.fetchval(
-                "SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == len(NUMBERS)
+                "SELECT count(*) FROM orders WHERE status = 'PROCESSED'"
+            ) == len(NUMBERS)
 
         await eventually(all_processed, within=3)
     assert harness.gate.interval() is None
@@ -116,19 +131,28 @@ async def test_no_limit_known_means_no_pacing(
 
 
 async def test_a_paused_worker_gives_claimed_orders_back_for_after_the_pause(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
-    fake = FakeAccrual(reply=lambda n: web.Response(
-        status=429, headers={"Retry-After": "30"}, text="No more than 10 requests per minute"))
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
+    fake = FakeAccrual(
+        reply=lambda n: web.Response(
+            status=429, headers={"Retry-After": "30"}, text="No more than 10 requests per minute"
+        )
+    )
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
     user = await make_user(pool)
     async with worker(pool, database_uri, str(server.make_url("")), concurrency=1):
-        await pool.execute("INSERT INTO orders (number, user_id)"
-                           " SELECT unnest($1::text[]), $2", NUMBERS[:5], user)
+        await pool.execute(
+            "INSERT INTO orders (number, user_id) SELECT unnest($1::text[]), $2", NUMBERS[:5], user
+        )
 
         async def all_back() -> bool:
-            return await pool.fetchval(
-                "SELECT count(*) FROM orders WHERE attempts = 0"
-                " AND next_attempt_at > now() + interval '25 seconds'") == 5
+            return (
+                await pool.fetchval(
+                    "SELECT count(*) FROM orders WHERE attempts = 0"
+                    " AND next_attempt_at > now() + interval '25 seconds'"
+                )
+                == 5
+            )
 
         await eventually(all_back, within=3)
     assert len(fake.requests) == 1

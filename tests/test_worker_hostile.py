@@ -44,11 +44,22 @@ FAST = Backoff(first=0.1, factor=1.5, cap=0.5)
 
 # Each refused 200-or-other answer and the reason it is counted under.
 REFUSED = {
-    "huge": "too_large", "huge_chunked": "too_large", "gzip_bomb": "too_large",
-    "deflate_bomb": "too_large", "nested_gzip": "encoding", "brotli": "encoding",
-    "redirect": "status", "redirect_external": "status", "teapot": "status",
-    "lie_order": "order", "bad_json": "json", "deep": "json", "wrong_shape": "shape",
-    "accrual_string": "shape", "unknown_status": "shape", "accrual_negative": "accrual",
+    "huge": "too_large",
+    "huge_chunked": "too_large",
+    "gzip_bomb": "too_large",
+    "deflate_bomb": "too_large",
+    "nested_gzip": "encoding",
+    "brotli": "encoding",
+    "redirect": "status",
+    "redirect_external": "status",
+    "teapot": "status",
+    "lie_order": "order",
+    "bad_json": "json",
+    "deep": "json",
+    "wrong_shape": "shape",
+    "accrual_string": "shape",
+    "unknown_status": "shape",
+    "accrual_negative": "accrual",
     "accrual_huge": "accrual",
 }
 
@@ -63,6 +74,7 @@ def number(i: int) -> str:
 
 
 # -- bounded reading and decoding ----------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["gzip", "deflate"])
 def test_a_compression_bomb_is_refused_without_inflating_it(kind: str) -> None:
@@ -87,11 +99,14 @@ def test_decoding_accepts_one_layer_of_gzip_or_deflate_and_nothing_else() -> Non
     raw_deflate = zlib.compressobj(wbits=-15)
     assert decode_body(raw_deflate.compress(body) + raw_deflate.flush(), "deflate", 1024) == body
     assert decode_body(body, "identity", 1024) == body
-    for encoding, data in (("gzip, gzip", gzip.compress(gzip.compress(body))),
-                           ("br", b"\x8b\x02"), ("gzip", b"not gzip"),
-                           ("gzip", gzip.compress(body)[:-12]),
-                           ("gzip", gzip.compress(body) + b"trailing"),
-                           ("gzip", gzip.compress(body) + gzip.compress(b"{}"))):
+    for encoding, data in (
+        ("gzip, gzip", gzip.compress(gzip.compress(body))),
+        ("br", b"\x8b\x02"),
+        ("gzip", b"not gzip"),
+        ("gzip", gzip.compress(body)[:-12]),
+        ("gzip", gzip.compress(body) + b"trailing"),
+        ("gzip", gzip.compress(body) + gzip.compress(b"{}")),
+    ):
         with pytest.raises(MalformedAnswer) as refused:
             decode_body(data, encoding, 1024)
         assert refused.value.reason == "encoding", encoding
@@ -117,15 +132,18 @@ async def test_a_huge_body_is_refused_while_reading(aiohttp_server: object) -> N
 
 # -- the worker against every malformed answer ---------------------------------
 
+
 async def test_every_malformed_answer_is_refused_counted_and_asked_again_never_credited(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     script = {number(i): behaviour for i, behaviour in enumerate(REFUSED)}
     good = number(100)
     hostile = HostileAccrual(script={**script, good: "processed:12.5"})
     server = await serve(aiohttp_server, hostile)
     user = await make_user(pool)
-    async with running_worker(pool, database_uri, str(server.make_url("")), backoff=FAST,
-                              concurrency=32) as harness:
+    async with running_worker(
+        pool, database_uri, str(server.make_url("")), backoff=FAST, concurrency=32
+    ) as harness:
         for order in [*script, good]:
             await add_order(pool, user, order)
 
@@ -133,8 +151,10 @@ async def test_every_malformed_answer_is_refused_counted_and_asked_again_never_c
             return all(hostile.asked[n] >= 2 for n in script)
 
         await eventually(each_asked_twice, within=30)
-    rows = {r["number"]: r for r in await pool.fetch(
-        "SELECT number, status, accrual, attempts FROM orders")}
+    rows = {
+        r["number"]: r
+        for r in await pool.fetch("SELECT number, status, accrual, attempts FROM orders")
+    }
     assert rows[good]["status"] == "PROCESSED" and rows[good]["accrual"] == Decimal("12.50")
     for order, behaviour in script.items():
         assert (rows[order]["status"], rows[order]["accrual"]) == ("NEW", None), behaviour
@@ -149,21 +169,31 @@ async def test_every_malformed_answer_is_refused_counted_and_asked_again_never_c
 
 
 async def test_slow_dripping_and_oversized_header_answers_time_out_and_stall_nobody(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
-    hostile = HostileAccrual(script={number(1): "drip", number(2): "slow",
-                                     number(3): "huge_header"})
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
+    hostile = HostileAccrual(
+        script={number(1): "drip", number(2): "slow", number(3): "huge_header"}
+    )
     for i in range(10, 30):
         hostile.script[number(i)] = "processed:1"
     server = await serve(aiohttp_server, hostile)
     user = await make_user(pool)
-    async with running_worker(pool, database_uri, str(server.make_url("")), backoff=FAST,
-                              http_timeout=0.5, retries=2, concurrency=8) as harness:
+    async with running_worker(
+        pool,
+        database_uri,
+        str(server.make_url("")),
+        backoff=FAST,
+        http_timeout=0.5,
+        retries=2,
+        concurrency=8,
+    ) as harness:
         for order in hostile.script:
             await add_order(pool, user, order)
 
         async def good_ones_done() -> bool:
-            return await pool.fetchval(
-                "SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 20
+            return (
+                await pool.fetchval("SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 20
+            )
 
         await eventually(good_ones_done, within=20)
 
@@ -171,9 +201,13 @@ async def test_slow_dripping_and_oversized_header_answers_time_out_and_stall_nob
             return harness.stats.calls("error") >= 6
 
         await eventually(hostile_ones_failed, within=20)
-    assert await pool.fetchval(
-        "SELECT count(*) FROM orders WHERE status = 'NEW' AND number = ANY($1::text[])",
-        [number(1), number(2), number(3)]) == 3
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM orders WHERE status = 'NEW' AND number = ANY($1::text[])",
+            [number(1), number(2), number(3)],
+        )
+        == 3
+    )
 
 
 # -- the gate ------------------------------------------------------------------
@@ -181,12 +215,23 @@ async def test_slow_dripping_and_oversized_header_answers_time_out_and_stall_nob
 PAST = format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
 
 
-@pytest.mark.parametrize(("header", "pause"), [
-    ("0", 1.0), ("-5", 1.0), (PAST, 1.0), ("0.0001", 1.0), ("99999999999", 30.0),
-    ("1e400", 30.0), ("soon", 30.0), ("none", 30.0), ("5", 5.0),
-])
+@pytest.mark.parametrize(
+    ("header", "pause"),
+    [
+        ("0", 1.0),
+        ("-5", 1.0),
+        (PAST, 1.0),
+        ("0.0001", 1.0),
+        ("99999999999", 30.0),
+        ("1e400", 30.0),
+        ("soon", 30.0),
+        ("none", 30.0),
+        ("5", 5.0),
+    ],
+)
 async def test_retry_after_is_clamped_between_the_floor_and_the_ceiling(
-        pool: asyncpg.Pool, aiohttp_server: object, header: str, pause: float) -> None:
+    pool: asyncpg.Pool, aiohttp_server: object, header: str, pause: float
+) -> None:
     hostile = HostileAccrual(script={"1": f"429:{header}"})
     server = await serve(aiohttp_server, hostile)
     stats = WorkerStats()
@@ -199,26 +244,30 @@ async def test_retry_after_is_clamped_between_the_floor_and_the_ceiling(
         await session.close()
     assert isinstance(answer, RateLimited) and answer.retry_after == pause
     stored = await pool.fetchval(
-        "SELECT extract(epoch FROM paused_until - paused_from)::float8 FROM accrual_gate")
+        "SELECT extract(epoch FROM paused_until - paused_from)::float8 FROM accrual_gate"
+    )
     assert stored == pytest.approx(pause, abs=0.01)
     assert 0 < gate.pause_left() <= pause
 
 
 async def test_429s_that_keep_coming_double_the_pause_up_to_the_ceiling(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     hostile = HostileAccrual(script={number(1): "429:0"})
     server = await serve(aiohttp_server, hostile)
     user = await make_user(pool)
     policy = GatePolicy(pause_min=0.1, pause_max=0.8)
     pauses: list[float] = []
-    async with running_worker(pool, database_uri, str(server.make_url("")), policy=policy,
-                              backoff=FAST, concurrency=1):
+    async with running_worker(
+        pool, database_uri, str(server.make_url("")), policy=policy, backoff=FAST, concurrency=1
+    ):
         await add_order(pool, user, number(1))
 
         async def at_the_ceiling() -> bool:
             length = await pool.fetchval(
                 "SELECT CASE WHEN isfinite(paused_from) THEN"
-                " extract(epoch FROM paused_until - paused_from)::float8 END FROM accrual_gate")
+                " extract(epoch FROM paused_until - paused_from)::float8 END FROM accrual_gate"
+            )
             if length is not None and length > 0 and (not pauses or length != pauses[-1]):
                 pauses.append(length)
             return length == pytest.approx(0.8, abs=0.01)
@@ -233,13 +282,15 @@ async def test_429s_that_keep_coming_double_the_pause_up_to_the_ceiling(
 
 
 async def test_a_tiny_announced_limit_is_forgotten_and_the_fleet_regains_full_speed(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     hostile = HostileAccrual(script={number(0): "429:0|1"})  # "1 request per minute"
     server = await serve(aiohttp_server, hostile)
     user = await make_user(pool)
     policy = GatePolicy(pause_min=0.1, rate_ttl=1.0)
-    async with running_worker(pool, database_uri, str(server.make_url("")), policy=policy,
-                              backoff=FAST) as harness:
+    async with running_worker(
+        pool, database_uri, str(server.make_url("")), policy=policy, backoff=FAST
+    ) as harness:
         await add_order(pool, user, number(0))
 
         async def limited() -> bool:
@@ -247,12 +298,16 @@ async def test_a_tiny_announced_limit_is_forgotten_and_the_fleet_regains_full_sp
 
         await eventually(limited, within=5)
         hostile.script.update({number(i): "processed:1" for i in range(0, 20)})
-        await pool.execute("INSERT INTO orders (number, user_id) SELECT unnest($1::text[]), $2",
-                           [number(i) for i in range(1, 20)], user)
+        await pool.execute(
+            "INSERT INTO orders (number, user_id) SELECT unnest($1::text[]), $2",
+            [number(i) for i in range(1, 20)],
+            user,
+        )
 
         async def all_done() -> bool:
-            return await pool.fetchval(
-                "SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 20
+            return (
+                await pool.fetchval("SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 20
+            )
 
         # At one request per minute this would take 20 minutes.
         await eventually(all_done, within=15)
@@ -261,21 +316,29 @@ async def test_a_tiny_announced_limit_is_forgotten_and_the_fleet_regains_full_sp
 
 
 def admin(dsn: str, *args: str) -> dict[str, object]:
-    done = subprocess.run([sys.executable, "-m", "worker.admin", *args],
-                          env={**os.environ, "DATABASE_URI": dsn}, capture_output=True,
-                          text=True, timeout=30, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.admin", *args],
+        env={**os.environ, "DATABASE_URI": dsn},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     result: dict[str, object] = json.loads(done.stdout)
     return result
 
 
 async def test_operators_see_and_reset_the_gate_and_every_worker_resumes_at_once(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     hostile = HostileAccrual(script={number(0): "429:99999999|3"})
     server = await serve(aiohttp_server, hostile)
     user = await make_user(pool)
     base = str(server.make_url(""))
-    async with running_worker(pool, database_uri, base, backoff=FAST) as a, \
-            running_worker(pool, database_uri, base, backoff=FAST) as b:
+    async with (
+        running_worker(pool, database_uri, base, backoff=FAST) as a,
+        running_worker(pool, database_uri, base, backoff=FAST) as b,
+    ):
         await add_order(pool, user, number(0))
 
         async def both_paused() -> bool:
@@ -290,52 +353,75 @@ async def test_operators_see_and_reset_the_gate_and_every_worker_resumes_at_once
         hostile.script[number(0)] = "processed:2"
         reset = await asyncio.to_thread(admin, database_uri, "gate", "reset")
         assert reset["released_orders"] == 1  # the order put back until the pause's end
-        assert reset["gate"] == {**gate, "pause_left": 0, "paused_from": None,
-                                 "paused_until": None, "strikes": 0, "rate_per_minute": None,
-                                 "rate_left": 0}
+        assert reset["gate"] == {
+            **gate,
+            "pause_left": 0,
+            "paused_from": None,
+            "paused_until": None,
+            "strikes": 0,
+            "rate_per_minute": None,
+            "rate_left": 0,
+        }
 
         async def resumed() -> bool:
-            return (a.gate.pause_left() == b.gate.pause_left() == 0
-                    and a.gate.rate_per_minute is None and b.gate.rate_per_minute is None)
+            return (
+                a.gate.pause_left() == b.gate.pause_left() == 0
+                and a.gate.rate_per_minute is None
+                and b.gate.rate_per_minute is None
+            )
 
         await eventually(resumed, within=5)
         hostile.script[number(1)] = "processed:3"
         await add_order(pool, user, number(1))
 
         async def processed() -> bool:
-            return await pool.fetchval(
-                "SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 2
+            return (
+                await pool.fetchval("SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 2
+            )
 
         await eventually(processed, within=10)
 
 
 # -- write-back isolation ------------------------------------------------------
 
+
 async def test_an_answer_that_would_overflow_a_balance_is_set_aside_and_the_batch_goes_on(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     rich, other = await make_user(pool, "rich"), await make_user(pool, "other")
     biggest = str(MAX_AMOUNT)
-    hostile = HostileAccrual(script={number(0): f"processed:{biggest}",
-                                     number(1): f"processed:{biggest}"})
+    hostile = HostileAccrual(
+        script={number(0): f"processed:{biggest}", number(1): f"processed:{biggest}"}
+    )
     hostile.script.update({number(i): "processed:1.5" for i in range(2, 40)})
     server = await serve(aiohttp_server, hostile)
     await add_order(pool, rich, number(0))
     await add_order(pool, rich, number(1))
-    await pool.execute("INSERT INTO orders (number, user_id) SELECT unnest($1::text[]), $2",
-                       [number(i) for i in range(2, 40)], other)
-    async with running_worker(pool, database_uri, str(server.make_url("")), backoff=FAST,
-                              concurrency=64, batch_size=64) as harness:
+    await pool.execute(
+        "INSERT INTO orders (number, user_id) SELECT unnest($1::text[]), $2",
+        [number(i) for i in range(2, 40)],
+        other,
+    )
+    async with running_worker(
+        pool, database_uri, str(server.make_url("")), backoff=FAST, concurrency=64, batch_size=64
+    ) as harness:
+
         async def settled() -> bool:
-            return await pool.fetchval(
-                "SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 39
+            return (
+                await pool.fetchval("SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 39
+            )
 
         await eventually(settled, within=15)
         assert harness.stats.set_aside_count >= 1
-    balances = dict(await pool.fetch("SELECT u.login, b.current FROM balances b"
-                                     " JOIN users u ON u.id = b.user_id"))
+    balances = dict(
+        await pool.fetch(
+            "SELECT u.login, b.current FROM balances b JOIN users u ON u.id = b.user_id"
+        )
+    )
     assert balances == {"rich": MAX_AMOUNT, "other": Decimal("57.00")}
-    aside = await pool.fetchrow("SELECT number, status, problem FROM orders"
-                                " WHERE problem IS NOT NULL")
+    aside = await pool.fetchrow(
+        "SELECT number, status, problem FROM orders WHERE problem IS NOT NULL"
+    )
     assert aside is not None and aside["status"] == "NEW"
     assert aside["number"] in (number(0), number(1)) and "22003" in aside["problem"]
     assert await pool.fetchval("SELECT count(*) FROM ledger WHERE user_id = $1", rich) == 1

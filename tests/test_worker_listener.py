@@ -16,21 +16,23 @@ from tests.worker_support import (
 )
 from worker.listener import Listener
 
-KILL_LISTENER = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                 " WHERE query LIKE 'LISTEN%'")
+KILL_LISTENER = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
 
 
 async def test_a_terminated_listen_connection_is_replaced_and_orders_still_flow(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     fake = FakeAccrual(reply=lambda n: json_reply("PROCESSED", "2", n))
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
     user = await make_user(pool)
     # A long poll: only a live LISTEN connection can make this prompt.
-    async with running_worker(pool, database_uri, str(server.make_url("")),
-                              poll_interval=30.0) as harness:
+    async with running_worker(
+        pool, database_uri, str(server.make_url("")), poll_interval=30.0
+    ) as harness:
         await asyncio.sleep(0.2)  # idle: the claim loop waits for a notification
-        assert await pool.fetchval(KILL_LISTENER.replace("pg_terminate_backend(pid)",
-                                                         "count(*)")) == 1
+        assert (
+            await pool.fetchval(KILL_LISTENER.replace("pg_terminate_backend(pid)", "count(*)")) == 1
+        )
         await pool.execute(KILL_LISTENER)
 
         async def reconnected() -> bool:
@@ -47,18 +49,21 @@ async def test_a_terminated_listen_connection_is_replaced_and_orders_still_flow(
 
 
 async def test_orders_uploaded_while_not_listening_are_found_on_reconnect(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     fake = FakeAccrual(reply=lambda n: json_reply("INVALID", None, n))
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
     user = await make_user(pool)
-    async with running_worker(pool, database_uri, str(server.make_url("")),
-                              poll_interval=30.0) as harness:
+    async with running_worker(
+        pool, database_uri, str(server.make_url("")), poll_interval=30.0
+    ) as harness:
         await asyncio.sleep(0.2)
         # Kill the listener and insert before it can come back.
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(KILL_LISTENER)
-            await conn.execute("INSERT INTO orders (number, user_id) VALUES ($1, $2)",
-                               "12345678903", user)
+            await conn.execute(
+                "INSERT INTO orders (number, user_id) VALUES ($1, $2)", "12345678903", user
+            )
 
         async def invalid() -> bool:
             return await status_of(pool, "12345678903") == "INVALID"
@@ -68,10 +73,15 @@ async def test_orders_uploaded_while_not_listening_are_found_on_reconnect(
 
 
 async def test_the_listener_keeps_trying_while_the_database_is_unreachable(
-        pg_server: LocalPostgres) -> None:
+    pg_server: LocalPostgres,
+) -> None:
     woken = asyncio.Event()
-    listener = Listener(pg_server.dsn_for("no_such_database"), on_new_order=woken.set,
-                        on_pause=lambda state: None, max_backoff=0.1)
+    listener = Listener(
+        pg_server.dsn_for("no_such_database"),
+        on_new_order=woken.set,
+        on_pause=lambda state: None,
+        max_backoff=0.1,
+    )
     task = asyncio.create_task(listener.run())
     await asyncio.sleep(0.5)
     assert not task.done() and listener.connects == 0 and not woken.is_set()

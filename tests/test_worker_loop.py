@@ -20,11 +20,17 @@ from tests.worker_support import (
 from worker.schedule import Backoff
 
 PROCESSED, INVALID, PROCESSING, REGISTERED, UNKNOWN = (
-    "79927398713", "12345678903", "9278923470", "346436439", "2377225624")
+    "79927398713",
+    "12345678903",
+    "9278923470",
+    "346436439",
+    "2377225624",
+)
 
 
 async def test_answers_are_mapped_as_the_spec_says(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     replies = {
         PROCESSED: lambda n: json_reply("PROCESSED", "729.975", n),
         INVALID: lambda n: json_reply("INVALID", None, n),
@@ -45,8 +51,13 @@ async def test_answers_are_mapped_as_the_spec_says(
 
         await eventually(settled, within=3)
     statuses = {n: await status_of(pool, n) for n in replies}
-    assert statuses == {PROCESSED: "PROCESSED", INVALID: "INVALID", PROCESSING: "PROCESSING",
-                        REGISTERED: "NEW", UNKNOWN: "NEW"}
+    assert statuses == {
+        PROCESSED: "PROCESSED",
+        INVALID: "INVALID",
+        PROCESSING: "PROCESSING",
+        REGISTERED: "NEW",
+        UNKNOWN: "NEW",
+    }
     assert fake.asked(PROCESSED) == 1 and fake.asked(INVALID) == 1
     assert (await order_row(pool, PROCESSED))["accrual"] == Decimal("729.98")
     assert await pool.fetchval("SELECT current FROM balances") == Decimal("729.98")
@@ -63,12 +74,12 @@ def test_backoff_starts_within_a_second_and_grows_to_a_cap() -> None:
 
 
 async def test_an_unknown_order_stays_new_and_is_asked_at_growing_intervals(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     fake = FakeAccrual()  # 204 for everything
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
     user = await make_user(pool)
-    async with running_worker(pool, database_uri, str(server.make_url("")),
-                              poll_interval=5.0):
+    async with running_worker(pool, database_uri, str(server.make_url("")), poll_interval=5.0):
         await add_order(pool, user, UNKNOWN)
 
         async def asked_four_times() -> bool:
@@ -87,9 +98,9 @@ async def test_an_unknown_order_stays_new_and_is_asked_at_growing_intervals(
 
 
 async def test_a_malformed_answer_is_retried_later_never_final(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
-    bodies = iter([b"{oops", b'{"status": "DONE"}',
-                   b'{"status": "PROCESSED", "accrual": -5}'])
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
+    bodies = iter([b"{oops", b'{"status": "DONE"}', b'{"status": "PROCESSED", "accrual": -5}'])
 
     def reply(number: str) -> web.Response:
         body = next(bodies, None)
@@ -113,7 +124,8 @@ async def test_a_malformed_answer_is_retried_later_never_final(
 
 
 async def test_a_500_is_retried_and_the_order_then_processed(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     replies = iter([web.Response(status=500), web.Response(status=502)])
     fake = FakeAccrual(reply=lambda n: next(replies, None) or json_reply("PROCESSED", "1.5", n))
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
@@ -130,7 +142,8 @@ async def test_a_500_is_retried_and_the_order_then_processed(
 
 
 async def test_when_retries_run_out_the_order_is_rescheduled_not_final(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     fake = FakeAccrual(reply=lambda n: web.Response(status=500))
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
     user = await make_user(pool)
@@ -145,12 +158,12 @@ async def test_when_retries_run_out_the_order_is_rescheduled_not_final(
 
 
 async def test_an_uploaded_order_is_processed_within_a_second_without_polling(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     fake = FakeAccrual(reply=lambda n: json_reply("PROCESSED", "5", n))
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
     user = await make_user(pool)
-    async with running_worker(pool, database_uri, str(server.make_url("")),
-                              poll_interval=30.0):
+    async with running_worker(pool, database_uri, str(server.make_url("")), poll_interval=30.0):
         await asyncio.sleep(0.2)  # the worker is idle, waiting for a notification
         await add_order(pool, user, PROCESSED)
 
@@ -161,30 +174,43 @@ async def test_an_uploaded_order_is_processed_within_a_second_without_polling(
 
 
 async def test_a_full_batch_is_followed_by_another_claim_at_once(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     fake = FakeAccrual(reply=lambda n: json_reply("PROCESSED", "1", n))
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
     user = await make_user(pool)
-    async with running_worker(pool, database_uri, str(server.make_url("")),
-                              poll_interval=30.0, batch_size=5, concurrency=4):
-        await pool.execute("INSERT INTO orders (number, user_id)"
-                           " SELECT 'n' || i, $1 FROM generate_series(1, 60) i", user)
+    async with running_worker(
+        pool,
+        database_uri,
+        str(server.make_url("")),
+        poll_interval=30.0,
+        batch_size=5,
+        concurrency=4,
+    ):
+        await pool.execute(
+            "INSERT INTO orders (number, user_id)"
+            " SELECT 'n' || i, $1 FROM generate_series(1, 60) i",
+            user,
+        )
 
         async def all_processed() -> bool:
-            return await pool.fetchval(
-                "SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 60
+            return (
+                await pool.fetchval("SELECT count(*) FROM orders WHERE status = 'PROCESSED'") == 60
+            )
 
         await eventually(all_processed, within=5)
     assert await pool.fetchval("SELECT current FROM balances") == Decimal("60.00")
 
 
 async def test_without_notifications_the_poll_still_finds_new_orders(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     fake = FakeAccrual(reply=lambda n: json_reply("INVALID", None, n))
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
     user = await make_user(pool)
-    async with running_worker(pool, database_uri, str(server.make_url("")),
-                              listen=False, poll_interval=0.2):
+    async with running_worker(
+        pool, database_uri, str(server.make_url("")), listen=False, poll_interval=0.2
+    ):
         await asyncio.sleep(0.3)
         await add_order(pool, user, INVALID)
 
@@ -195,7 +221,8 @@ async def test_without_notifications_the_poll_still_finds_new_orders(
 
 
 async def test_stop_waits_briefly_then_abandons_and_gives_orders_back(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     hanging = asyncio.Event()
 
     async def hang(number: str) -> web.StreamResponse:
@@ -207,8 +234,9 @@ async def test_stop_waits_briefly_then_abandons_and_gives_orders_back(
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
     user = await make_user(pool)
     loop = asyncio.get_running_loop()
-    async with running_worker(pool, database_uri, str(server.make_url("")),
-                              stop_timeout=0.3) as harness:
+    async with running_worker(
+        pool, database_uri, str(server.make_url("")), stop_timeout=0.3
+    ) as harness:
         await add_order(pool, user, UNKNOWN)
         await asyncio.wait_for(hanging.wait(), 3)
         started = loop.time()
@@ -222,7 +250,8 @@ async def test_stop_waits_briefly_then_abandons_and_gives_orders_back(
 
 
 async def test_stop_lets_a_call_in_flight_finish_and_writes_its_answer(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: object) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
+) -> None:
     asked = asyncio.Event()
 
     async def slow(number: str) -> web.StreamResponse:
@@ -233,8 +262,9 @@ async def test_stop_lets_a_call_in_flight_finish_and_writes_its_answer(
     fake = FakeAccrual(reply=slow)
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
     user = await make_user(pool)
-    async with running_worker(pool, database_uri, str(server.make_url("")),
-                              stop_timeout=2.0) as harness:
+    async with running_worker(
+        pool, database_uri, str(server.make_url("")), stop_timeout=2.0
+    ) as harness:
         await add_order(pool, user, PROCESSED)
         await asyncio.wait_for(asked.wait(), 3)
         harness.worker.stop()

@@ -12,13 +12,17 @@ from tests.worker_support import FakeAccrual, add_order, eventually, json_reply,
 from worker.__main__ import main, serve
 
 
-@pytest.mark.parametrize(("argv", "missing"), [
-    ([], "DATABASE_URI (-d) and ACCRUAL_SYSTEM_ADDRESS (-r) must be set"),
-    (["-d", "postgresql://x/y"], "ACCRUAL_SYSTEM_ADDRESS (-r) must be set"),
-    (["-r", "localhost:8081"], "DATABASE_URI (-d) must be set"),
-])
+@pytest.mark.parametrize(
+    ("argv", "missing"),
+    [
+        ([], "DATABASE_URI (-d) and ACCRUAL_SYSTEM_ADDRESS (-r) must be set"),
+        (["-d", "postgresql://x/y"], "ACCRUAL_SYSTEM_ADDRESS (-r) must be set"),
+        (["-r", "localhost:8081"], "DATABASE_URI (-d) must be set"),
+    ],
+)
 def test_missing_settings_fail_with_a_clear_message(
-        monkeypatch: pytest.MonkeyPatch, argv: list[str], missing: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], missing: str
+) -> None:
     monkeypatch.delenv("DATABASE_URI", raising=False)
     monkeypatch.delenv("ACCRUAL_SYSTEM_ADDRESS", raising=False)
     with pytest.raises(SystemExit) as exited:
@@ -26,18 +30,28 @@ def test_missing_settings_fail_with_a_clear_message(
     assert str(exited.value) == f"gophermart-worker: {missing}"
 
 
-@pytest.mark.parametrize(("flags", "problem"), [
-    (["--accrual-rate-share", "0"], "ACCRUAL_RATE_SHARE must be above 0 and at most 1"),
-    (["--accrual-rate-share", "1.5"], "ACCRUAL_RATE_SHARE must be above 0 and at most 1"),
-    (["--accrual-pause-min", "0"], "ACCRUAL_PAUSE_MIN must be at least 0.1 s"),
-    (["--accrual-pause-min", "5", "--accrual-pause-max", "1"],
-     "ACCRUAL_PAUSE_MAX must not be below ACCRUAL_PAUSE_MIN"),
-    (["--accrual-rate-ttl", "0"], "ACCRUAL_RATE_TTL must be at least 1 s"),
-])
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (["--accrual-rate-share", "0"], "ACCRUAL_RATE_SHARE must be above 0 and at most 1"),
+        (["--accrual-rate-share", "1.5"], "ACCRUAL_RATE_SHARE must be above 0 and at most 1"),
+        (["--accrual-pause-min", "0"], "ACCRUAL_PAUSE_MIN must be at least 0.1 s"),
+        (
+            ["--accrual-pause-min", "5", "--accrual-pause-max", "1"],
+            "ACCRUAL_PAUSE_MAX must not be below ACCRUAL_PAUSE_MIN",
+        ),
+        (["--accrual-rate-ttl", "0"], "ACCRUAL_RATE_TTL must be at least 1 s"),
+    ],
+)
 def test_gate_settings_that_would_spin_or_divide_by_zero_are_refused(
-        monkeypatch: pytest.MonkeyPatch, flags: list[str], problem: str) -> None:
-    for name in ("ACCRUAL_RATE_SHARE", "ACCRUAL_PAUSE_MIN", "ACCRUAL_PAUSE_MAX",
-                 "ACCRUAL_RATE_TTL"):
+    monkeypatch: pytest.MonkeyPatch, flags: list[str], problem: str
+) -> None:
+    for name in (
+        "ACCRUAL_RATE_SHARE",
+        "ACCRUAL_PAUSE_MIN",
+        "ACCRUAL_PAUSE_MAX",
+        "ACCRUAL_RATE_TTL",
+    ):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(SystemExit) as exited:
         main(["-d", "postgresql://x/y", "-r", "localhost:8081", *flags])
@@ -45,7 +59,8 @@ def test_gate_settings_that_would_spin_or_divide_by_zero_are_refused(
 
 
 async def test_serve_migrates_an_empty_database_processes_orders_and_stops(
-        pg_server: LocalPostgres, aiohttp_server: object) -> None:
+    pg_server: LocalPostgres, aiohttp_server: object
+) -> None:
     admin = await asyncpg.connect(pg_server.dsn)
     await admin.execute("CREATE DATABASE worker_main_empty")
     await admin.close()
@@ -57,11 +72,13 @@ async def test_serve_migrates_an_empty_database_processes_orders_and_stops(
     stopping = asyncio.Event()
     running = asyncio.create_task(serve(settings, stopping))
     try:
+
         async def migrated() -> bool:
             conn = await asyncpg.connect(dsn)
             try:
-                return bool(await conn.fetchval(
-                    "SELECT to_regclass('gophermart.accrual_gate') IS NOT NULL"))
+                return bool(
+                    await conn.fetchval("SELECT to_regclass('gophermart.accrual_gate') IS NOT NULL")
+                )
             finally:
                 await conn.close()
 
@@ -86,18 +103,26 @@ async def test_serve_migrates_an_empty_database_processes_orders_and_stops(
 
 
 async def test_worker_serves_health_readiness_and_metrics_when_asked(
-        database_uri: str, aiohttp_server: object, unused_tcp_port: int) -> None:
+    database_uri: str, aiohttp_server: object, unused_tcp_port: int
+) -> None:
     fake = FakeAccrual(reply=lambda n: json_reply("PROCESSED", "7", n))
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
-    settings = load(WorkerSettings, [], environ={
-        "DATABASE_URI": database_uri, "ACCRUAL_SYSTEM_ADDRESS": str(server.make_url("")),
-        "WORKER_HEALTH_ADDRESS": f"127.0.0.1:{unused_tcp_port}"})
+    settings = load(
+        WorkerSettings,
+        [],
+        environ={
+            "DATABASE_URI": database_uri,
+            "ACCRUAL_SYSTEM_ADDRESS": str(server.make_url("")),
+            "WORKER_HEALTH_ADDRESS": f"127.0.0.1:{unused_tcp_port}",
+        },
+    )
     stopping = asyncio.Event()
     running = asyncio.create_task(serve(settings, stopping))
     base = f"http://127.0.0.1:{unused_tcp_port}"
     try:
-        pool = await asyncpg.create_pool(database_uri,
-                                         server_settings={"search_path": "gophermart"})
+        pool = await asyncpg.create_pool(
+            database_uri, server_settings={"search_path": "gophermart"}
+        )
         try:
             await add_order(pool, await make_user(pool), "79927398713")
 

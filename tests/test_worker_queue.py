@@ -8,14 +8,36 @@ import asyncpg
 from db import queue
 from tests.worker_support import add_order, make_user, order_row
 
-NUMBERS = [f"{n}" for n in ("79927398713", "4561261212345467", "12345678903", "9278923470",
-                            "346436439", "2377225624", "49927398716", "1234567812345670")]
+NUMBERS = [
+    f"{n}"
+    for n in (
+        "79927398713",
+        "4561261212345467",
+        "12345678903",
+        "9278923470",
+        "346436439",
+        "2377225624",
+        "49927398716",
+        "1234567812345670",
+    )
+]
 
 
-def result(order: queue.ClaimedOrder, status: str | None, accrual: str | None = None,
-           delay: float = 0.0, refund: bool = False) -> queue.Result:
-    return queue.Result(order.id, order.attempts, status,
-                        Decimal(accrual) if accrual is not None else None, delay, refund)
+def result(
+    order: queue.ClaimedOrder,
+    status: str | None,
+    accrual: str | None = None,
+    delay: float = 0.0,
+    refund: bool = False,
+) -> queue.Result:
+    return queue.Result(
+        order.id,
+        order.attempts,
+        status,
+        Decimal(accrual) if accrual is not None else None,
+        delay,
+        refund,
+    )
 
 
 async def test_claim_leases_due_orders_and_counts_the_attempt(pool: asyncpg.Pool) -> None:
@@ -35,10 +57,13 @@ async def test_claim_skips_final_and_future_orders(pool: asyncpg.Pool) -> None:
     for number in NUMBERS[:4]:
         await add_order(pool, user, number)
     await pool.execute("UPDATE orders SET status = 'INVALID' WHERE number = $1", NUMBERS[0])
-    await pool.execute("UPDATE orders SET status = 'PROCESSED', accrual = 1 WHERE number = $1",
-                       NUMBERS[1])
-    await pool.execute("UPDATE orders SET next_attempt_at = now() + interval '1 hour'"
-                       " WHERE number = $1", NUMBERS[2])
+    await pool.execute(
+        "UPDATE orders SET status = 'PROCESSED', accrual = 1 WHERE number = $1", NUMBERS[1]
+    )
+    await pool.execute(
+        "UPDATE orders SET next_attempt_at = now() + interval '1 hour' WHERE number = $1",
+        NUMBERS[2],
+    )
     claimed = await queue.claim(pool, limit=10, lease=30)
     assert [o.number for o in claimed.orders] == [NUMBERS[3]]
 
@@ -52,8 +77,7 @@ async def test_concurrent_claimers_never_get_the_same_order(pool: asyncpg.Pool) 
     assert len(ids) == len(set(ids)) == 200
 
 
-async def test_skip_locked_passes_over_an_order_another_claimer_holds(
-        pool: asyncpg.Pool) -> None:
+async def test_skip_locked_passes_over_an_order_another_claimer_holds(pool: asyncpg.Pool) -> None:
     user = await make_user(pool)
     first = await add_order(pool, user, NUMBERS[0])
     await add_order(pool, user, NUMBERS[1])
@@ -75,17 +99,20 @@ async def test_an_abandoned_order_is_claimed_again_after_its_lease(pool: asyncpg
 
 
 async def test_processed_is_credited_once_with_status_ledger_and_balance(
-        pool: asyncpg.Pool) -> None:
+    pool: asyncpg.Pool,
+) -> None:
     user = await make_user(pool)
     await add_order(pool, user, NUMBERS[0])
     (order,) = (await queue.claim(pool, limit=1, lease=30)).orders
     applied = await queue.apply_results(pool, [result(order, "PROCESSED", "729.98")])
     assert [(a.number, a.status, a.accrual) for a in applied] == [
-        (NUMBERS[0], "PROCESSED", Decimal("729.98"))]
+        (NUMBERS[0], "PROCESSED", Decimal("729.98"))
+    ]
     # The same answer again (a second worker, a retried batch) changes nothing.
     assert await queue.apply_results(pool, [result(order, "PROCESSED", "729.98")]) == []
-    assert await pool.fetchval("SELECT current FROM balances WHERE user_id = $1",
-                               user) == Decimal("729.98")
+    assert await pool.fetchval("SELECT current FROM balances WHERE user_id = $1", user) == Decimal(
+        "729.98"
+    )
     ledger = await pool.fetch("SELECT kind, order_number, amount FROM ledger")
     assert [tuple(r) for r in ledger] == [("accrual", NUMBERS[0], Decimal("729.98"))]
 
@@ -94,8 +121,9 @@ async def test_concurrent_applies_of_one_answer_credit_once(pool: asyncpg.Pool) 
     user = await make_user(pool)
     await add_order(pool, user, NUMBERS[0])
     (order,) = (await queue.claim(pool, limit=1, lease=30)).orders
-    outcomes = await asyncio.gather(*(
-        queue.apply_results(pool, [result(order, "PROCESSED", "10")]) for _ in range(10)))
+    outcomes = await asyncio.gather(
+        *(queue.apply_results(pool, [result(order, "PROCESSED", "10")]) for _ in range(10))
+    )
     assert sum(len(o) for o in outcomes) == 1
     assert await pool.fetchval("SELECT current FROM balances") == Decimal("10.00")
     assert await pool.fetchval("SELECT count(*) FROM ledger") == 1
@@ -107,16 +135,22 @@ async def test_a_final_order_is_never_changed_again(pool: asyncpg.Pool) -> None:
     await add_order(pool, user, NUMBERS[1])
     orders = (await queue.claim(pool, limit=2, lease=30)).orders
     by_number = {o.number: o for o in orders}
-    await queue.apply_results(pool, [result(by_number[NUMBERS[0]], "INVALID"),
-                                     result(by_number[NUMBERS[1]], "PROCESSED", "5")])
-    late = [result(by_number[NUMBERS[0]], "PROCESSED", "100"),
-            result(by_number[NUMBERS[1]], "PROCESSING", delay=1),
-            result(by_number[NUMBERS[1]], None, delay=1, refund=True)]
+    await queue.apply_results(
+        pool,
+        [result(by_number[NUMBERS[0]], "INVALID"), result(by_number[NUMBERS[1]], "PROCESSED", "5")],
+    )
+    late = [
+        result(by_number[NUMBERS[0]], "PROCESSED", "100"),
+        result(by_number[NUMBERS[1]], "PROCESSING", delay=1),
+        result(by_number[NUMBERS[1]], None, delay=1, refund=True),
+    ]
     for item in late:
         assert await queue.apply_results(pool, [item]) == []
     rows = await pool.fetch("SELECT number, status, accrual FROM orders ORDER BY number")
     assert {r["number"]: (r["status"], r["accrual"]) for r in rows} == {
-        NUMBERS[0]: ("INVALID", None), NUMBERS[1]: ("PROCESSED", Decimal("5.00"))}
+        NUMBERS[0]: ("INVALID", None),
+        NUMBERS[1]: ("PROCESSED", Decimal("5.00")),
+    }
     assert await pool.fetchval("SELECT current FROM balances") == Decimal("5.00")
 
 
@@ -126,12 +160,20 @@ async def test_a_batch_credits_each_user_the_sum_of_their_orders(pool: asyncpg.P
         await add_order(pool, alice if i % 2 else bob, number)
     orders = (await queue.claim(pool, limit=10, lease=30)).orders
     applied = await queue.apply_results(
-        pool, [result(o, "PROCESSED", f"{i}.25") for i, o in enumerate(orders)])
+        pool, [result(o, "PROCESSED", f"{i}.25") for i, o in enumerate(orders)]
+    )
     assert len(applied) == 6
-    balances = dict(await pool.fetch("SELECT u.login, b.current FROM balances b"
-                                     " JOIN users u ON u.id = b.user_id"))
-    ledger = dict(await pool.fetch("SELECT u.login, sum(l.amount) FROM ledger l"
-                                   " JOIN users u ON u.id = l.user_id GROUP BY u.login"))
+    balances = dict(
+        await pool.fetch(
+            "SELECT u.login, b.current FROM balances b JOIN users u ON u.id = b.user_id"
+        )
+    )
+    ledger = dict(
+        await pool.fetch(
+            "SELECT u.login, sum(l.amount) FROM ledger l"
+            " JOIN users u ON u.id = l.user_id GROUP BY u.login"
+        )
+    )
     assert balances == ledger
     assert sum(balances.values()) == Decimal("16.50")
 
@@ -142,18 +184,22 @@ async def test_zero_accrual_is_processed_and_recorded(pool: asyncpg.Pool) -> Non
     (order,) = (await queue.claim(pool, limit=1, lease=30)).orders
     await queue.apply_results(pool, [result(order, "PROCESSED", "0")])
     assert tuple(await pool.fetchrow("SELECT status, accrual FROM orders")) == (
-        "PROCESSED", Decimal("0.00"))
+        "PROCESSED",
+        Decimal("0.00"),
+    )
     assert await pool.fetchval("SELECT current FROM balances") == Decimal("0.00")
 
 
 async def test_non_final_answers_reschedule_and_a_refund_gives_the_attempt_back(
-        pool: asyncpg.Pool) -> None:
+    pool: asyncpg.Pool,
+) -> None:
     user = await make_user(pool)
     await add_order(pool, user, NUMBERS[0])
     await add_order(pool, user, NUMBERS[1])
     a, b = (await queue.claim(pool, limit=2, lease=30)).orders
-    await queue.apply_results(pool, [result(a, "PROCESSING", delay=0.75),
-                                     result(b, None, delay=5, refund=True)])
+    await queue.apply_results(
+        pool, [result(a, "PROCESSING", delay=0.75), result(b, None, delay=5, refund=True)]
+    )
     row_a = await order_row(pool, a.number)
     row_b = await order_row(pool, b.number)
     assert (row_a["status"], row_a["attempts"]) == ("PROCESSING", 1)
@@ -162,8 +208,7 @@ async def test_non_final_answers_reschedule_and_a_refund_gives_the_attempt_back(
     assert 4.5 < row_b["due_in"] <= 5
 
 
-async def test_a_stale_non_final_answer_does_not_override_a_newer_lease(
-        pool: asyncpg.Pool) -> None:
+async def test_a_stale_non_final_answer_does_not_override_a_newer_lease(pool: asyncpg.Pool) -> None:
     user = await make_user(pool)
     await add_order(pool, user, NUMBERS[0])
     (stale,) = (await queue.claim(pool, limit=1, lease=0.01)).orders
@@ -189,7 +234,8 @@ async def test_nothing_is_claimed_while_the_gate_is_paused(pool: asyncpg.Pool) -
 
 
 async def test_a_pause_is_never_shortened_and_is_notified(
-        pool: asyncpg.Pool, database_uri: str) -> None:
+    pool: asyncpg.Pool, database_uri: str
+) -> None:
     listener = await asyncpg.connect(database_uri)
     heard: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener(queue.PAUSE_CHANNEL, lambda *args: heard.put_nowait(args[3]))
@@ -218,7 +264,8 @@ async def test_an_announced_limit_outlives_the_pause_it_came_with(pool: asyncpg.
 
 
 async def test_slots_are_shared_across_reservations_and_start_after_a_pause(
-        pool: asyncpg.Pool) -> None:
+    pool: asyncpg.Pool,
+) -> None:
     first = await queue.reserve_slots(pool, count=3, interval=0.5)
     second = await queue.reserve_slots(pool, count=2, interval=0.5)
     assert -0.05 < first <= 0.01

@@ -22,8 +22,9 @@ Reply = Callable[[str], web.StreamResponse | Awaitable[web.StreamResponse]]
 def json_reply(status: str, accrual: str | None = None, order: str = "") -> web.Response:
     """A 200 body written by hand so accruals keep their exact decimal text."""
     extra = f', "accrual": {accrual}' if accrual is not None else ""
-    return web.Response(body=f'{{"order": "{order}", "status": "{status}"{extra}}}',
-                        content_type="application/json")
+    return web.Response(
+        body=f'{{"order": "{order}", "status": "{status}"{extra}}}', content_type="application/json"
+    )
 
 
 @dataclass
@@ -50,8 +51,9 @@ class FakeAccrual:
         return sum(1 for _, n in self.requests if n == number)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0,
-                     step: float = 0.02) -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], within: float = 5.0, step: float = 0.02
+) -> None:
     """Wait until ``check()`` holds, failing after ``within`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
@@ -63,21 +65,25 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0,
 
 async def make_user(pool: asyncpg.Pool, login: str = "alice") -> int:
     user_id: int = await pool.fetchval(
-        "INSERT INTO users (login, password_hash) VALUES ($1, 'x') RETURNING id", login)
+        "INSERT INTO users (login, password_hash) VALUES ($1, 'x') RETURNING id", login
+    )
     await pool.execute("INSERT INTO balances (user_id) VALUES ($1)", user_id)
     return user_id
 
 
 async def add_order(pool: asyncpg.Pool, user_id: int, number: str) -> int:
     order_id: int = await pool.fetchval(
-        "INSERT INTO orders (number, user_id) VALUES ($1, $2) RETURNING id", number, user_id)
+        "INSERT INTO orders (number, user_id) VALUES ($1, $2) RETURNING id", number, user_id
+    )
     return order_id
 
 
 async def order_row(pool: asyncpg.Pool, number: str) -> asyncpg.Record:
     row = await pool.fetchrow(
         "SELECT status, accrual, attempts, extract(epoch FROM next_attempt_at - now())::float8"
-        " AS due_in FROM orders WHERE number = $1", number)
+        " AS due_in FROM orders WHERE number = $1",
+        number,
+    )
     assert row is not None
     return row
 
@@ -98,23 +104,31 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_worker(pool: asyncpg.Pool, dsn: str, base_url: str, *,
-                         listen: bool = True, retries: int = 3,
-                         policy: GatePolicy | None = None, http_timeout: float = 2.0,
-                         **config: Any) -> AsyncIterator[Harness]:
+async def running_worker(
+    pool: asyncpg.Pool,
+    dsn: str,
+    base_url: str,
+    *,
+    listen: bool = True,
+    retries: int = 3,
+    policy: GatePolicy | None = None,
+    http_timeout: float = 2.0,
+    **config: Any,
+) -> AsyncIterator[Harness]:
     """A worker (and its listener) running against ``pool`` until the block ends."""
     stats = WorkerStats()
     gate = Gate(pool, stats, policy=policy)
     session = create_session(concurrency=config.get("concurrency", 8), timeout=http_timeout)
-    client = AccrualClient(session, base_url, gate, stats, retries=retries,
-                           retry_wait_max=0.05)
+    client = AccrualClient(session, base_url, gate, stats, retries=retries, retry_wait_max=0.05)
     worker = Worker(pool, client, gate, stats, LoopConfig(**config))
+
     def reset() -> None:
         gate.forget()
         worker.wake()
 
-    listener = Listener(dsn, on_new_order=worker.wake, on_pause=gate.note,
-                        on_reset=reset, check_interval=0.5)
+    listener = Listener(
+        dsn, on_new_order=worker.wake, on_pause=gate.note, on_reset=reset, check_interval=0.5
+    )
     tasks = [asyncio.create_task(worker.run())]
     if listen:
         tasks.append(asyncio.create_task(listener.run()))

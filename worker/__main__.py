@@ -26,6 +26,7 @@ from worker.stats import WorkerStats
 
 log = structlog.get_logger("worker")
 
+
 def loop_config(settings: WorkerSettings) -> LoopConfig:
     return LoopConfig(
         concurrency=max(settings.worker_concurrency, 1),
@@ -33,8 +34,11 @@ def loop_config(settings: WorkerSettings) -> LoopConfig:
         lease=settings.worker_lease,
         poll_interval=settings.worker_poll_interval,
         stop_timeout=settings.worker_stop_timeout,
-        backoff=Backoff(first=settings.worker_backoff_first, cap=settings.worker_backoff_max,
-                        recheck_max=settings.worker_recheck_max),
+        backoff=Backoff(
+            first=settings.worker_backoff_first,
+            cap=settings.worker_backoff_max,
+            recheck_max=settings.worker_recheck_max,
+        ),
     )
 
 
@@ -57,10 +61,12 @@ def settings_problems(settings: WorkerSettings) -> list[str]:
 
 
 def gate_policy(settings: WorkerSettings) -> GatePolicy:
-    return GatePolicy(pause_min=max(settings.accrual_pause_min, PAUSE_FLOOR),
-                      pause_max=max(settings.accrual_pause_max, settings.accrual_pause_min),
-                      rate_ttl=max(settings.accrual_rate_ttl, 1.0),
-                      share=settings.accrual_rate_share)
+    return GatePolicy(
+        pause_min=max(settings.accrual_pause_min, PAUSE_FLOOR),
+        pause_max=max(settings.accrual_pause_max, settings.accrual_pause_min),
+        rate_ttl=max(settings.accrual_rate_ttl, 1.0),
+        share=settings.accrual_rate_share,
+    )
 
 
 async def serve(settings: WorkerSettings, stopping: asyncio.Event | None = None) -> WorkerStats:
@@ -77,17 +83,21 @@ async def serve(settings: WorkerSettings, stopping: asyncio.Event | None = None)
         stalls = Stalls(stats.registry, settings.stall_log_threshold)
         # DB_POOL_MAX in all: one connection is the gate's own (below).
         work_max = max(settings.db_pool_max - 1, 1)
-        pool = await create_pool(settings.database_uri,
-                                 min_size=min(settings.db_pool_min, work_max),
-                                 max_size=work_max,
-                                 connect_timeout=settings.db_timeout,
-                                 on_wait=stalls.pool_waited)
+        pool = await create_pool(
+            settings.database_uri,
+            min_size=min(settings.db_pool_min, work_max),
+            max_size=work_max,
+            connect_timeout=settings.db_timeout,
+            on_wait=stalls.pool_waited,
+        )
         # The gate's own connection: a 429 must reach the other replicas (and a
         # paced call its slot) without queueing behind this process's claims and writes.
-        gate_pool = await create_pool(settings.database_uri, min_size=1, max_size=1,
-                                      connect_timeout=settings.db_timeout)
-        session = create_session(concurrency=settings.worker_concurrency,
-                                 timeout=settings.accrual_timeout)
+        gate_pool = await create_pool(
+            settings.database_uri, min_size=1, max_size=1, connect_timeout=settings.db_timeout
+        )
+        session = create_session(
+            concurrency=settings.worker_concurrency, timeout=settings.accrual_timeout
+        )
         ops = await _start_ops(settings, pool, stats)
         watching = asyncio.create_task(stalls.watch_loop(), name="loop-lag")
         try:
@@ -108,8 +118,9 @@ async def serve(settings: WorkerSettings, stopping: asyncio.Event | None = None)
     return stats
 
 
-async def _start_ops(settings: WorkerSettings, pool: asyncpg.Pool,
-                     stats: WorkerStats) -> web.AppRunner | None:
+async def _start_ops(
+    settings: WorkerSettings, pool: asyncpg.Pool, stats: WorkerStats
+) -> web.AppRunner | None:
     """/healthz, /readyz and /metrics on WORKER_HEALTH_ADDRESS, when it is set."""
     if not settings.health_address:
         return None
@@ -119,21 +130,37 @@ async def _start_ops(settings: WorkerSettings, pool: asyncpg.Pool,
     return runner
 
 
-async def _run(settings: WorkerSettings, pool: queue.Executor, gate_pool: queue.Executor,
-               session: aiohttp.ClientSession, stats: WorkerStats,
-               stopping: asyncio.Event) -> None:
+async def _run(
+    settings: WorkerSettings,
+    pool: queue.Executor,
+    gate_pool: queue.Executor,
+    session: aiohttp.ClientSession,
+    stats: WorkerStats,
+    stopping: asyncio.Event,
+) -> None:
     assert settings.database_uri and settings.accrual_system_address
     gate = Gate(gate_pool, stats, policy=gate_policy(settings))
-    client = AccrualClient(session, with_scheme(settings.accrual_system_address), gate, stats,
-                           retries=settings.accrual_retries,
-                           max_answer_bytes=settings.accrual_max_answer_bytes)
+    client = AccrualClient(
+        session,
+        with_scheme(settings.accrual_system_address),
+        gate,
+        stats,
+        retries=settings.accrual_retries,
+        max_answer_bytes=settings.accrual_max_answer_bytes,
+    )
     worker = Worker(pool, client, gate, stats, loop_config(settings))
+
     def reset() -> None:  # an operator reset the gate: resume at once
         gate.forget()
         worker.wake()
 
-    listener = Listener(settings.database_uri, on_new_order=worker.wake, on_pause=gate.note,
-                        on_reset=reset, timeout=settings.db_timeout)
+    listener = Listener(
+        settings.database_uri,
+        on_new_order=worker.wake,
+        on_pause=gate.note,
+        on_reset=reset,
+        timeout=settings.db_timeout,
+    )
     listening = asyncio.create_task(listener.run(), name="listener")
 
     async def stop_when_asked() -> None:
@@ -143,8 +170,12 @@ async def _run(settings: WorkerSettings, pool: queue.Executor, gate_pool: queue.
         listener.stop()
 
     stopper = asyncio.create_task(stop_when_asked(), name="stopper")
-    log.info("worker started", accrual=with_scheme(settings.accrual_system_address),
-             concurrency=settings.worker_concurrency, batch_size=settings.worker_batch_size)
+    log.info(
+        "worker started",
+        accrual=with_scheme(settings.accrual_system_address),
+        concurrency=settings.worker_concurrency,
+        batch_size=settings.worker_batch_size,
+    )
     try:
         await worker.run()
     finally:
@@ -160,9 +191,14 @@ async def _run(settings: WorkerSettings, pool: queue.Executor, gate_pool: queue.
 def main(argv: Sequence[str] | None = None) -> int:
     settings = load(WorkerSettings, argv, prog="gophermart-worker")
     configure(settings.log_level, settings.log_format)
-    missing = [name for name, value in (("DATABASE_URI (-d)", settings.database_uri),
-                                        ("ACCRUAL_SYSTEM_ADDRESS (-r)",
-                                         settings.accrual_system_address)) if not value]
+    missing = [
+        name
+        for name, value in (
+            ("DATABASE_URI (-d)", settings.database_uri),
+            ("ACCRUAL_SYSTEM_ADDRESS (-r)", settings.accrual_system_address),
+        )
+        if not value
+    ]
     if missing:
         raise SystemExit(f"gophermart-worker: {' and '.join(missing)} must be set")
     if problems := settings_problems(settings):

@@ -42,8 +42,12 @@ from worker.gate import Gate
 from worker.stats import WorkerStats
 
 # Accrual system status -> ours.
-STATUS_MAP = {"REGISTERED": "NEW", "PROCESSING": "PROCESSING",
-              "INVALID": "INVALID", "PROCESSED": "PROCESSED"}
+STATUS_MAP = {
+    "REGISTERED": "NEW",
+    "PROCESSING": "PROCESSING",
+    "INVALID": "INVALID",
+    "PROCESSED": "PROCESSED",
+}
 DEFAULT_RETRY_AFTER = 60.0
 MAX_RETRY_AFTER = 86400.0
 _RATE = re.compile(r"no more than\s+(\d+)\s+requests?\s+per\s+minute", re.IGNORECASE)
@@ -229,9 +233,17 @@ def create_session(*, concurrency: int, timeout: float) -> aiohttp.ClientSession
 
 
 class AccrualClient:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, gate: Gate,
-                 stats: WorkerStats, *, retries: int = 4, retry_wait_max: float = 2.0,
-                 max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        gate: Gate,
+        stats: WorkerStats,
+        *,
+        retries: int = 4,
+        retry_wait_max: float = 2.0,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._gate = gate
@@ -240,14 +252,14 @@ class AccrualClient:
         self._retry_wait_max = retry_wait_max
         self._cap = max(max_answer_bytes, 1024)
 
-    async def ask(self, number: str, *, deadline: float,
-                  log: structlog.typing.FilteringBoundLogger) -> Answer:
+    async def ask(
+        self, number: str, *, deadline: float, log: structlog.typing.FilteringBoundLogger
+    ) -> Answer:
         """Ask about one order; ``deadline`` (loop time) bounds waiting for a paced slot."""
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("accrual call failed, retrying", error=str(exc),
-                        call=state.attempt_number)
+            log.warning("accrual call failed, retrying", error=str(exc), call=state.attempt_number)
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retries),
@@ -274,22 +286,21 @@ class AccrualClient:
             return Failed(str(exc))
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    async def _get_once(self, number: str,
-                        log: structlog.typing.FilteringBoundLogger) -> Answer:
+    async def _get_once(self, number: str, log: structlog.typing.FilteringBoundLogger) -> Answer:
         stats = self._stats
         started = time.perf_counter()
         body = b""
         refused: MalformedAnswer | None = None
         try:
-            async with self._session.get(f"{self._base}/api/orders/{quote(number, safe='')}",
-                                         allow_redirects=False) as resp:
+            async with self._session.get(
+                f"{self._base}/api/orders/{quote(number, safe='')}", allow_redirects=False
+            ) as resp:
                 code = resp.status
                 retry_after = resp.headers.get("Retry-After")
                 if code in (200, 429):  # the only answers whose body we read
                     try:
                         raw = await read_capped(resp, self._cap)
-                        body = decode_body(raw, resp.headers.get("Content-Encoding", ""),
-                                           self._cap)
+                        body = decode_body(raw, resp.headers.get("Content-Encoding", ""), self._cap)
                     except MalformedAnswer as exc:
                         refused = exc
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -312,8 +323,12 @@ class AccrualClient:
         if code == 429:
             seconds = parse_retry_after(retry_after)
             rate = parse_rate(body.decode("utf-8", "replace"))
-            log.warning("accrual rate limited", retry_after=seconds,
-                        header=ascii((retry_after or "")[:64]), rate_per_minute=rate)
+            log.warning(
+                "accrual rate limited",
+                retry_after=seconds,
+                header=ascii((retry_after or "")[:64]),
+                rate_per_minute=rate,
+            )
             try:
                 await self._gate.record_429(seconds, rate)
             except DB_ERRORS as exc:
@@ -326,11 +341,16 @@ class AccrualClient:
         # A redirect (never followed) or a status the contract does not have.
         return self._malformed(MalformedAnswer("status", f"status {code}"), b"", log)
 
-    def _malformed(self, exc: MalformedAnswer, body: bytes,
-                   log: structlog.typing.FilteringBoundLogger) -> Failed:
+    def _malformed(
+        self, exc: MalformedAnswer, body: bytes, log: structlog.typing.FilteringBoundLogger
+    ) -> Failed:
         self._stats.malformed_answer(exc.reason)
         # ascii(): the answer's own text, escaped, so it cannot forge log lines or
         # send control sequences to a terminal.
-        log.warning("malformed accrual answer", reason=exc.reason, error=ascii(str(exc)),
-                    body=ascii(body[:120]) if body else None)
+        log.warning(
+            "malformed accrual answer",
+            reason=exc.reason,
+            error=ascii(str(exc)),
+            body=ascii(body[:120]) if body else None,
+        )
         return Failed(f"malformed answer ({exc.reason}): {exc}")

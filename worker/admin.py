@@ -25,15 +25,24 @@ from shared.pg import SCHEMA
 
 async def _gate_show(conn: asyncpg.Connection) -> dict[str, Any]:
     report = await queue.gate_report(conn)
-    return {"gate": {**asdict(report), "pause_left": round(report.pause_left, 3),
-                     "rate_left": round(report.rate_left, 3)}}
+    return {
+        "gate": {
+            **asdict(report),
+            "pause_left": round(report.pause_left, 3),
+            "rate_left": round(report.rate_left, 3),
+        }
+    }
 
 
 async def _gate_reset(conn: asyncpg.Connection) -> dict[str, Any]:
     before = await _gate_show(conn)
     released = await queue.reset_gate(conn)
-    return {"reset": True, "released_orders": released, "before": before["gate"],
-            **await _gate_show(conn)}
+    return {
+        "reset": True,
+        "released_orders": released,
+        "before": before["gate"],
+        **await _gate_show(conn),
+    }
 
 
 async def _problems(conn: asyncpg.Connection) -> dict[str, Any]:
@@ -41,14 +50,20 @@ async def _problems(conn: asyncpg.Connection) -> dict[str, Any]:
     return {"orders": [{**dict(r), "due_in": round(r["due_in"], 1)} for r in rows]}
 
 
-_COMMANDS = {("gate", "show"): _gate_show, ("gate", "reset"): _gate_reset,
-             ("orders", "problems"): _problems}
+_COMMANDS = {
+    ("gate", "show"): _gate_show,
+    ("gate", "reset"): _gate_reset,
+    ("orders", "problems"): _problems,
+}
 
 
 async def run(dsn: str, topic: str, action: str, wait: float = 10.0) -> dict[str, Any]:
-    conn = await asyncpg.connect(dsn, timeout=wait, command_timeout=wait,
-                                 server_settings={"search_path": SCHEMA,
-                                                  "application_name": "gophermart-admin"})
+    conn = await asyncpg.connect(
+        dsn,
+        timeout=wait,
+        command_timeout=wait,
+        server_settings={"search_path": SCHEMA, "application_name": "gophermart-admin"},
+    )
     try:
         return await _COMMANDS[(topic, action)](conn)
     finally:
@@ -56,8 +71,11 @@ async def run(dsn: str, topic: str, action: str, wait: float = 10.0) -> dict[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gophermart-admin", description=__doc__.split("\n")[0],
-                                     epilog="DATABASE_URI in the environment wins over -d.")
+    parser = argparse.ArgumentParser(
+        prog="gophermart-admin",
+        description=__doc__.split("\n")[0],
+        epilog="DATABASE_URI in the environment wins over -d.",
+    )
     parser.add_argument("-d", "--database-uri", metavar="DATABASE_URI", default=None)
     parser.add_argument("topic", choices=sorted({t for t, _ in _COMMANDS}))
     parser.add_argument("action", choices=sorted({a for _, a in _COMMANDS}))

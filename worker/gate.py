@@ -49,9 +49,14 @@ class GatePolicy:
 
 
 class Gate:
-    def __init__(self, db: queue.Executor, stats: WorkerStats, *,
-                 policy: GatePolicy | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        db: queue.Executor,
+        stats: WorkerStats,
+        *,
+        policy: GatePolicy | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._db = db
         self._stats = stats
         self.policy = policy or GatePolicy()
@@ -99,16 +104,22 @@ class Gate:
                 self._paused_until = until
                 # Slots reserved before the pause may fall inside it.
                 self._slots.clear()
-                log.warning("accrual calls paused", seconds=round(state.pause_left, 3),
-                            rate_per_minute=state.rate_per_minute)
+                log.warning(
+                    "accrual calls paused",
+                    seconds=round(state.pause_left, 3),
+                    rate_per_minute=state.rate_per_minute,
+                )
         if state.rate_per_minute is not None:
             self._rate_until = now + (state.rate_left or self.policy.rate_ttl)
             if state.rate_per_minute != self._rate:
                 self._rate = state.rate_per_minute
                 self._slots.clear()
-                log.info("accrual calls paced", rate_per_minute=self._rate,
-                         interval=round(self.interval() or 0, 4),
-                         for_seconds=round(self._rate_until - now, 1))
+                log.info(
+                    "accrual calls paced",
+                    rate_per_minute=self._rate,
+                    interval=round(self.interval() or 0, 4),
+                    for_seconds=round(self._rate_until - now, 1),
+                )
         self._expire_rate()
         self._stats.gate(self.pause_left(), self._rate)
 
@@ -129,19 +140,34 @@ class Gate:
         seconds = self.policy.clamp(retry_after)
         self._expire_rate()
         pause = self.pause_left()
-        covered = pause > 0 and pause >= seconds - min(0.5, seconds / 4) \
+        covered = (
+            pause > 0
+            and pause >= seconds - min(0.5, seconds / 4)
             and (rate is None or rate == self._rate)
+        )
         # Stop our own calls at once; a 429 without a rate keeps the one we know.
         # As in PostgreSQL, a limit holds until rate_ttl after the pause's end.
-        self.note(queue.GateState(seconds, rate if rate is not None else self._rate,
-                                  max(self._rate_until - self._clock(), seconds)
-                                  if rate is None else seconds + self.policy.rate_ttl))
+        self.note(
+            queue.GateState(
+                seconds,
+                rate if rate is not None else self._rate,
+                max(self._rate_until - self._clock(), seconds)
+                if rate is None
+                else seconds + self.policy.rate_ttl,
+            )
+        )
         if covered:
             return
         self._stats.paused()
-        self.note(await queue.record_pause(self._db, seconds=seconds, rate_per_minute=rate,
-                                           ceiling=self.policy.pause_max,
-                                           rate_ttl=self.policy.rate_ttl))
+        self.note(
+            await queue.record_pause(
+                self._db,
+                seconds=seconds,
+                rate_per_minute=rate,
+                ceiling=self.policy.pause_max,
+                rate_ttl=self.policy.rate_ttl,
+            )
+        )
 
     async def wait_slot(self, deadline: float) -> float:
         """Wait for this process's next paced call slot.
@@ -162,8 +188,7 @@ class Gate:
                 if not self._slots:
                     most = max(1, math.ceil(_RESERVE_HORIZON / interval))
                     count = min(self._waiters, most)
-                    first_in = await queue.reserve_slots(self._db, count=count,
-                                                         interval=interval)
+                    first_in = await queue.reserve_slots(self._db, count=count, interval=interval)
                     base = self._clock() + first_in
                     self._slots.extend(base + i * interval for i in range(count))
                 slot = self._slots[0]

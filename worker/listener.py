@@ -21,10 +21,17 @@ log = structlog.get_logger(__name__)
 
 
 class Listener:
-    def __init__(self, dsn: str, *, on_new_order: Callable[[], None],
-                 on_pause: Callable[[queue.GateState], None],
-                 on_reset: Callable[[], None] | None = None, check_interval: float = 5.0,
-                 timeout: float = 5.0, max_backoff: float = 5.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        on_new_order: Callable[[], None],
+        on_pause: Callable[[queue.GateState], None],
+        on_reset: Callable[[], None] | None = None,
+        check_interval: float = 5.0,
+        timeout: float = 5.0,
+        max_backoff: float = 5.0,
+    ) -> None:
         self._dsn = dsn
         self._on_new_order = on_new_order
         self._on_pause = on_pause
@@ -46,8 +53,10 @@ class Listener:
         while not self._stopping:
             try:
                 conn = await asyncpg.connect(
-                    self._dsn, timeout=self._timeout,
-                    server_settings={"application_name": "gophermart-worker-listen"})
+                    self._dsn,
+                    timeout=self._timeout,
+                    server_settings={"application_name": "gophermart-worker-listen"},
+                )
             except queue.DB_ERRORS as exc:
                 log.warning("cannot connect to listen", error=repr(exc), retry_in=backoff)
                 await self._pause(backoff * random.uniform(0.5, 1.0))
@@ -89,8 +98,9 @@ class Listener:
     def _order_notified(self, *_: object) -> None:
         self._on_new_order()
 
-    def _pause_notified(self, _conn: object, _pid: object, _channel: object,
-                        payload: object) -> None:
+    def _pause_notified(
+        self, _conn: object, _pid: object, _channel: object, payload: object
+    ) -> None:
         text = str(payload)
         if text == queue.RESET_PAYLOAD:
             if self._on_reset is not None:

@@ -46,8 +46,11 @@ def unappliable(exc: BaseException) -> bool:
     anything else (a lost connection, a timeout, a deadlock) may pass on retry.
     """
     state = getattr(exc, "sqlstate", None)
-    return isinstance(exc, asyncpg.PostgresError) and isinstance(state, str) \
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and isinstance(state, str)
         and state[:2] in ("22", "23")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +64,14 @@ class LoopConfig:
 
 
 class Worker:
-    def __init__(self, db: queue.Executor, client: AccrualClient, gate: Gate,
-                 stats: WorkerStats, config: LoopConfig) -> None:
+    def __init__(
+        self,
+        db: queue.Executor,
+        client: AccrualClient,
+        gate: Gate,
+        stats: WorkerStats,
+        config: LoopConfig,
+    ) -> None:
         self._db = db
         self._client = client
         self._gate = gate
@@ -140,8 +149,7 @@ class Worker:
                 log.warning("claim failed", error=repr(exc), failures=failures)
                 # Back off, but retry at once when the listener reconnects: the
                 # database is back (stop() sets _wake too).
-                await self._sleep(self._wake,
-                                  min(0.1 * 2 ** failures, 5.0, config.poll_interval))
+                await self._sleep(self._wake, min(0.1 * 2**failures, 5.0, config.poll_interval))
                 continue
             failures = 0
             claimed_at = self._loop.time()
@@ -175,8 +183,8 @@ class Worker:
                     answer = Deferred(0.0)  # give it back at once for another replica
                 else:
                     answer = await self._client.ask(
-                        order.number, deadline=claimed_at + self._config.lease / 2,
-                        log=order_log)
+                        order.number, deadline=claimed_at + self._config.lease / 2, log=order_log
+                    )
         except asyncio.CancelledError:
             self._enqueue(order, self._release(order))
             raise
@@ -199,8 +207,9 @@ class Worker:
             case Status(status="PROCESSED" | "INVALID" as status, accrual=accrual):
                 return queue.Result(order.id, order.attempts, status, accrual, 0.0)
             case Status(status="PROCESSING"):
-                return queue.Result(order.id, order.attempts, "PROCESSING", None,
-                                    backoff.delay(order.attempts))
+                return queue.Result(
+                    order.id, order.attempts, "PROCESSING", None, backoff.delay(order.attempts)
+                )
             case Status(status=status):
                 return queue.Result(order.id, order.attempts, status, None, again)
             case NotKnown():
@@ -241,8 +250,9 @@ class Worker:
                     break
                 except queue.DB_ERRORS as exc:
                     # The orders stay leased and come back when the lease ends.
-                    log.warning("applying answers failed", error=repr(exc), orders=len(batch),
-                                try_=attempt)
+                    log.warning(
+                        "applying answers failed", error=repr(exc), orders=len(batch), try_=attempt
+                    )
                     if attempt == _APPLY_TRIES or self._closing:
                         return
                     await asyncio.sleep(0.05 * attempt)
@@ -253,7 +263,8 @@ class Worker:
             self._room.set()
 
     async def _apply_isolated(
-            self, batch: list[tuple[queue.ClaimedOrder, queue.Result]]) -> list[queue.Applied]:
+        self, batch: list[tuple[queue.ClaimedOrder, queue.Result]]
+    ) -> list[queue.Applied]:
         """Apply a batch; when one answer cannot be applied, split until it stands alone.
 
         The answer that fails on its own is set aside (its order put back for
@@ -267,26 +278,36 @@ class Worker:
                 raise
             if len(batch) > 1:
                 half = len(batch) // 2
-                return [*await self._apply_isolated(batch[:half]),
-                        *await self._apply_isolated(batch[half:])]
-            (order, result), = batch
+                return [
+                    *await self._apply_isolated(batch[:half]),
+                    *await self._apply_isolated(batch[half:]),
+                ]
+            ((order, result),) = batch
             return await self._set_aside(order, result, exc)
 
-    async def _set_aside(self, order: queue.ClaimedOrder, result: queue.Result,
-                         exc: BaseException) -> list[queue.Applied]:
+    async def _set_aside(
+        self, order: queue.ClaimedOrder, result: queue.Result, exc: BaseException
+    ) -> list[queue.Applied]:
         self._stats.set_aside()
         reason = f"{getattr(exc, 'sqlstate', '')} {exc}"[:500]
         backoff = self._config.backoff
         delay = max(backoff.cap, backoff.delay(order.attempts, order.age))
-        log.error("answer cannot be applied; order set aside", order=order.number,
-                  attempt=order.attempts, status=result.status, accrual=result.accrual,
-                  error=reason, retry_in=round(delay, 1))
+        log.error(
+            "answer cannot be applied; order set aside",
+            order=order.number,
+            attempt=order.attempts,
+            status=result.status,
+            accrual=result.accrual,
+            error=reason,
+            retry_in=round(delay, 1),
+        )
         aside = queue.Result(order.id, order.attempts, None, None, delay, problem=reason)
         await queue.apply_results(self._db, [aside])
         return []  # nothing of this order changed but its schedule
 
-    def _wake_when_due(self, batch: list[tuple[queue.ClaimedOrder, queue.Result]],
-                       applied: list[queue.Applied]) -> None:
+    def _wake_when_due(
+        self, batch: list[tuple[queue.ClaimedOrder, queue.Result]], applied: list[queue.Applied]
+    ) -> None:
         """Wake the claim loop when the soonest order just put back falls due.
 
         The claim's own "next due" cannot see orders that were still leased
@@ -304,26 +325,37 @@ class Worker:
             timer.cancel()
         self._due_timer = self._loop.call_at(when, self._wake.set)
 
-    def _log_applied(self, batch: list[tuple[queue.ClaimedOrder, queue.Result]],
-                     applied: list[queue.Applied]) -> None:
+    def _log_applied(
+        self, batch: list[tuple[queue.ClaimedOrder, queue.Result]], applied: list[queue.Applied]
+    ) -> None:
         orders = {order.id: (order, result) for order, result in batch}
         for row in applied:
             order, result = orders[row.id]
             self._stats.applied(row.status)
             if row.status != order.status:
-                log.info("order status changed", order=row.number, attempt=order.attempts,
-                         old=order.status, new=row.status, accrual=row.accrual)
+                log.info(
+                    "order status changed",
+                    order=row.number,
+                    attempt=order.attempts,
+                    old=order.status,
+                    new=row.status,
+                    accrual=row.accrual,
+                )
             else:
-                log.debug("order rescheduled", order=row.number, attempt=order.attempts,
-                          status=row.status, delay=round(result.delay, 3))
+                log.debug(
+                    "order rescheduled",
+                    order=row.number,
+                    attempt=order.attempts,
+                    status=row.status,
+                    delay=round(result.delay, 3),
+                )
 
     # -- stop ---------------------------------------------------------------
 
     async def _drain(self, applier: asyncio.Task[None]) -> None:
         """Let in-flight calls finish for a moment, give back the rest, write it all."""
         if self._tasks:
-            _, unfinished = await asyncio.wait(set(self._tasks),
-                                               timeout=self._config.stop_timeout)
+            _, unfinished = await asyncio.wait(set(self._tasks), timeout=self._config.stop_timeout)
             for task in unfinished:
                 task.cancel()
             if unfinished:
@@ -336,5 +368,6 @@ class Worker:
         try:
             await asyncio.wait_for(applier, self._config.stop_timeout)
         except TimeoutError:
-            log.warning("could not write back every answer before stopping; "
-                        "their leases will expire")
+            log.warning(
+                "could not write back every answer before stopping; their leases will expire"
+            )

@@ -24,5 +24,5 @@ class Backoff:
 
     def delay(self, attempts: int, age: float = 0.0) -> float:
         exponent = min(max(attempts - 1, 0), 64)  # no overflow on ancient orders
-        early = min(self.cap, self.first * self.factor ** exponent)
+        early = min(self.cap, self.first * self.factor**exponent)
         return min(max(early, age * self.age_share), max(self.recheck_max, self.cap))

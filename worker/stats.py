@@ -28,13 +28,19 @@ class WorkerStats:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else new_registry()
         calls = Counter(
-            "gophermart_accrual_requests", "Accrual system HTTP attempts by outcome "
+            "gophermart_accrual_requests",
+            "Accrual system HTTP attempts by outcome "
             "(200, 204, 429, 5xx, error = transport failure or unexpected status).",
-            ("outcome",), registry=self.registry)
+            ("outcome",),
+            registry=self.registry,
+        )
         latency = Histogram(
             "gophermart_accrual_request_duration_seconds",
             "Accrual system HTTP attempt latency by outcome.",
-            ("outcome",), buckets=LATENCY_BUCKETS, registry=self.registry)
+            ("outcome",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._calls = {o: (calls.labels(o), latency.labels(o)) for o in ACCRUAL_OUTCOMES}
         malformed = Counter(
             "gophermart_accrual_malformed_answers",
@@ -42,37 +48,49 @@ class WorkerStats:
             "(unknown or broken Content-Encoding), json, shape (not the documented object), "
             "order (about another order), accrual (out of range), status (a redirect or "
             "a status the contract does not have).",
-            ("reason",), registry=self.registry)
+            ("reason",),
+            registry=self.registry,
+        )
         self._malformed = {r: malformed.labels(r) for r in MALFORMED_REASONS}
         self._pauses = Counter(
             "gophermart_accrual_pauses",
             "Fleet-wide pauses this replica recorded after a 429 (not those it heard of).",
-            registry=self.registry)
+            registry=self.registry,
+        )
         self._pause = Gauge(
             "gophermart_accrual_pause_seconds",
             "Seconds left of the fleet-wide pause after a 429, as this replica knows it.",
-            registry=self.registry)
+            registry=self.registry,
+        )
         self._rate = Gauge(
             "gophermart_accrual_rate_limit_per_minute",
             "Accrual requests per minute the last 429 announced (0 = no limit known).",
-            registry=self.registry)
+            registry=self.registry,
+        )
         self._claim_batch = Histogram(
-            "gophermart_worker_claim_batch_size", "Orders claimed per claim query.",
-            buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+            "gophermart_worker_claim_batch_size",
+            "Orders claimed per claim query.",
+            buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
         applied = Counter(
             "gophermart_worker_orders_applied",
             "Accrual answers written back to orders, by the order's new status.",
-            ("status",), registry=self.registry)
+            ("status",),
+            registry=self.registry,
+        )
         self._applied = {s: applied.labels(s) for s in ORDER_STATUSES}
         self._rescheduled = Counter(
             "gophermart_worker_orders_rescheduled",
             "Orders put back for later after a failed or paused accrual call.",
-            registry=self.registry)
+            registry=self.registry,
+        )
         self._set_aside = Counter(
             "gophermart_worker_orders_set_aside",
             "Answers that could not be applied (e.g. a balance would overflow): the order "
             "is put back with its reason in orders.problem, and its batch goes on.",
-            registry=self.registry)
+            registry=self.registry,
+        )
 
     # -- recording ------------------------------------------------------------
 

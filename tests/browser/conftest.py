@@ -41,8 +41,10 @@ for _name in ("selenium", "urllib3"):
 WAIT = 60.0  # at most: seconds the page gets to show what it must (a loaded machine too)
 
 # "<url> - Failed to load resource: the server responded with a status of 409 (Conflict)"
-_HTTP_STATUS = re.compile(r"^(\S+) - Failed to load resource: the server responded with a "
-                          r"status of (\d{3})")
+_HTTP_STATUS = re.compile(
+    r"^(\S+) - Failed to load resource: the server responded with a "
+    r"status of (\d{3})"
+)
 
 
 def _missing() -> str | None:
@@ -84,14 +86,20 @@ class Page:
         self.by_id(element_id).click()
 
     def wait_until(self, condition: Any, what: str, within: float = WAIT) -> None:
-        WebDriverWait(self.driver, within, poll_frequency=0.05,
-                      ignored_exceptions=[StaleElementReferenceException]).until(
-            lambda _driver: condition(), message=f"{what}: not within {within} s")
+        WebDriverWait(
+            self.driver,
+            within,
+            poll_frequency=0.05,
+            ignored_exceptions=[StaleElementReferenceException],
+        ).until(lambda _driver: condition(), message=f"{what}: not within {within} s")
 
     def wait_text(self, element_id: str, expected: str, within: float = WAIT) -> None:
         """Wait until the element's visible text contains ``expected``."""
-        self.wait_until(lambda: expected in self.text(element_id),
-                        f"{expected!r} in #{element_id} (now {self.text(element_id)!r})", within)
+        self.wait_until(
+            lambda: expected in self.text(element_id),
+            f"{expected!r} in #{element_id} (now {self.text(element_id)!r})",
+            within,
+        )
 
     def js(self, script: str, *args: Any) -> Any:
         return self.driver.execute_script(script, *args)
@@ -102,9 +110,12 @@ class Page:
     def order_row(self, number: str) -> list[str]:
         """The cells' texts of an order's row ([] while it is not listed)."""
         # One script, so that a re-render in between cannot split the answer.
-        cells = self.js("const row = [...document.querySelectorAll('#orders tbody tr')]"
-                        ".find(r => r.dataset.number === arguments[0]);"
-                        "return row ? [...row.cells].map(c => c.innerText) : [];", number)
+        cells = self.js(
+            "const row = [...document.querySelectorAll('#orders tbody tr')]"
+            ".find(r => r.dataset.number === arguments[0]);"
+            "return row ? [...row.cells].map(c => c.innerText) : [];",
+            number,
+        )
         return [str(c) for c in cells]
 
     # -- what every test checks ------------------------------------------------
@@ -153,17 +164,35 @@ class Page:
 def _driver(language: str, size: tuple[int, int], phone: bool) -> webdriver.Chrome:
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--no-first-run", "--disable-extensions",
-                     "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", "--hide-scrollbars", f"--lang={language}",
-                     f"--window-size={size[0]},{size[1]}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--lang={language}",
+        f"--window-size={size[0]},{size[1]}",
+    ):
         options.add_argument(argument)
     options.add_experimental_option("prefs", {"intl.accept_languages": language})
     if phone:  # a phone's viewport, pixel ratio and touch, not merely a narrow window
-        options.add_experimental_option("mobileEmulation", {
-            "deviceMetrics": {"width": size[0], "height": size[1], "pixelRatio": 2.0,
-                              "touch": True, "mobile": True}})
+        options.add_experimental_option(
+            "mobileEmulation",
+            {
+                "deviceMetrics": {
+                    "width": size[0],
+                    "height": size[1],
+                    "pixelRatio": 2.0,
+                    "touch": True,
+                    "mobile": True,
+                }
+            },
+        )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = DriverService(executable_path=shutil.which("chromedriver"))
     driver = webdriver.Chrome(options=options, service=service)
@@ -180,8 +209,9 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
-async def system(database_uri: str, log_dir: Path,
-                 request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+async def system(
+    database_uri: str, log_dir: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Stack]:
     """Simulator, API and one worker; the simulator answers after a short while so
     that the page shows an order before and after it is credited."""
     missing = _missing()
@@ -190,15 +220,21 @@ async def system(database_uri: str, log_dir: Path,
             pytest.fail(missing)
         pytest.skip(missing)
     options = getattr(request, "param", {})
-    stack = await Stack.start(database_uri, log_dir, workers=1,
-                              sim_args=("--delay", "2"), **options)
+    stack = await Stack.start(
+        database_uri, log_dir, workers=1, sim_args=("--delay", "2"), **options
+    )
     await stack.sim_rules()
     yield stack
     await stack.close()
 
 
-def open_page(system: Stack, artifacts: Path, language: str = "en-GB",
-              size: tuple[int, int] = (1280, 900), phone: bool = False) -> Iterator[Page]:
+def open_page(
+    system: Stack,
+    artifacts: Path,
+    language: str = "en-GB",
+    size: tuple[int, int] = (1280, 900),
+    phone: bool = False,
+) -> Iterator[Page]:
     driver = _driver(language, size, phone)
     page = Page(driver, system.api_url, artifacts)
     try:

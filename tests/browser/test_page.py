@@ -32,7 +32,8 @@ def sign_up(page: Page, login: str) -> None:
 
 
 async def test_whole_journey_register_upload_credited_live_withdraw_history(
-        system: Stack, page: Page) -> None:
+    system: Stack, page: Page
+) -> None:
     purchase = with_check_digit("4242100")
     page.expect_status("/api/user/balance", 401)  # the first look, before logging in
     page.open()
@@ -60,13 +61,17 @@ async def test_whole_journey_register_upload_credited_live_withdraw_history(
     assert page.text("order-err") == ""
     page.by_id("order-number").send_keys(Keys.ENTER)
     page.wait_text("upload-result", f"Order {purchase} accepted.")
-    page.wait_until(lambda: page.order_row(purchase)[1:2] in (["New"], ["Processing"]),
-                    "the order listed before it is credited")
+    page.wait_until(
+        lambda: page.order_row(purchase)[1:2] in (["New"], ["Processing"]),
+        "the order listed before it is credited",
+    )
     page.shot("uploaded")
 
     # No reload and no click: the worker's status change arrives by itself.
-    page.wait_until(lambda: page.order_row(purchase)[1:3] == ["Credited", "123.45"],
-                    "the order credited on screen")
+    page.wait_until(
+        lambda: page.order_row(purchase)[1:3] == ["Credited", "123.45"],
+        "the order credited on screen",
+    )
     page.wait_text("current", "123.45")
     assert page.js("return window.notReloaded") is True
     assert page.text("withdrawn") == "0.00"
@@ -92,7 +97,9 @@ async def test_whole_journey_register_upload_credited_live_withdraw_history(
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
     token = cookie["value"].strip('"')  # a value with "=" travels quoted
     assert await system.get(f"Bearer {token}", "/api/user/balance") == (
-        200, {"current": Decimal("22.95"), "withdrawn": Decimal("100.5")})
+        200,
+        {"current": Decimal("22.95"), "withdrawn": Decimal("100.5")},
+    )
     assert leaked_secrets(system.logs(), [PASSWORD, token]) == []
     page.click("logout")
     page.wait_until(lambda: page.by_id("auth").is_displayed(), "the login screen again")
@@ -107,7 +114,8 @@ async def test_whole_journey_register_upload_credited_live_withdraw_history(
 
 
 async def test_error_paths_are_explained_next_to_their_field(
-        system: Stack, page: Page, database_uri: str) -> None:
+    system: Stack, page: Page, database_uri: str
+) -> None:
     await system.register("taken-login")
     others = await system.register("someone-else")
     theirs = with_check_digit("5555001")
@@ -160,8 +168,9 @@ async def test_error_paths_are_explained_next_to_their_field(
     page.by_id("withdraw-sum").send_keys(Keys.ENTER)
     page.wait_text("withdraw-sum-err", "at most two decimals")
 
-    pool = await asyncpg.create_pool(database_uri, min_size=1, max_size=1,
-                                     server_settings={"search_path": "gophermart"})
+    pool = await asyncpg.create_pool(
+        database_uri, min_size=1, max_size=1, server_settings={"search_path": "gophermart"}
+    )
     try:
         await credit(pool, "erroneous", "50", with_check_digit("9990002"))
     finally:
@@ -181,13 +190,15 @@ async def test_error_paths_are_explained_next_to_their_field(
     page.shot("withdraw-409")
 
     # A long history comes 50 orders at a time, newest first.
-    pool = await asyncpg.create_pool(database_uri, min_size=1, max_size=1,
-                                     server_settings={"search_path": "gophermart"})
+    pool = await asyncpg.create_pool(
+        database_uri, min_size=1, max_size=1, server_settings={"search_path": "gophermart"}
+    )
     try:
         await pool.execute(
             "INSERT INTO orders (number, user_id, status, uploaded_at) "
             "SELECT n::text, (SELECT id FROM users WHERE login = 'erroneous'), 'INVALID', "
-            "now() - n * interval '1 hour' FROM generate_series(1000, 1059) AS n")
+            "now() - n * interval '1 hour' FROM generate_series(1000, 1059) AS n"
+        )
     finally:
         await pool.close()
     page.wait_until(lambda: page.by_id("orders-more").is_displayed(), "a show-more button")
@@ -226,7 +237,8 @@ def russian_page(system: Stack, artifacts: Path) -> Iterator[Page]:
 
 
 async def test_russian_browser_gets_russian_and_the_switch_remembers_english(
-        system: Stack, russian_page: Page, database_uri: str) -> None:
+    system: Stack, russian_page: Page, database_uri: str
+) -> None:
     page = russian_page
     page.expect_status("/api/user/balance", 401)
     page.open()
@@ -234,15 +246,18 @@ async def test_russian_browser_gets_russian_and_the_switch_remembers_english(
     assert page.text("title") == "Ваши баллы лояльности"
     assert page.text("do-login") == "Войти"
     sign_up(page, "покупатель")
-    pool = await asyncpg.create_pool(database_uri, min_size=1, max_size=1,
-                                     server_settings={"search_path": "gophermart"})
+    pool = await asyncpg.create_pool(
+        database_uri, min_size=1, max_size=1, server_settings={"search_path": "gophermart"}
+    )
     try:
         await credit(pool, "покупатель", "12345.6", with_check_digit("31337"))
     finally:
         await pool.close()
     # Russian money: a space groups thousands, a comma before the kopecks.
-    page.wait_until(lambda: page.text("current").replace("\u00a0", " ") == "12 345,60",
-                    "the balance in Russian format")
+    page.wait_until(
+        lambda: page.text("current").replace("\u00a0", " ") == "12 345,60",
+        "the balance in Russian format",
+    )
     assert page.order_row(with_check_digit("31337"))[1] == "Начислено"
     page.check_accessibility("the account in Russian")
     page.shot("russian")
@@ -295,8 +310,10 @@ async def test_phone_screen_with_the_keyboard_alone(system: Stack, phone: Page) 
     press(Keys.TAB)
     assert page.active_id() == "order-number"
     press(purchase, Keys.ENTER)
-    page.wait_until(lambda: page.order_row(purchase)[1:3] == ["Credited", "15.00"],
-                    "the order credited on screen")
+    page.wait_until(
+        lambda: page.order_row(purchase)[1:3] == ["Credited", "15.00"],
+        "the order credited on screen",
+    )
     width = page.js("return [document.documentElement.scrollWidth, window.innerWidth]")
     assert width[1] == 390
     assert width[0] <= width[1], f"the page scrolls sideways on a phone: {width}"

@@ -35,22 +35,54 @@ from shared.luhn import with_check_digit
 from tests.system import SESSION_SECRET, Stack, eventually, expected_accrual, leaked_secrets
 
 # Goods that earn (the rules in tests.system.RULES) and one that earns nothing.
-_EARNING = (("Чайник Bork", "7000"), ("Чипсы Pringles бекон", "147.5"),
-            ("Напиток Coca-Cola Zero 0.5л", "55"), ("Стиральная машинка LG", "47399.99"),
-            ("Телевизор Bork", "14599.50"), ("Pringles Original", "99.99"))
+_EARNING = (
+    ("Чайник Bork", "7000"),
+    ("Чипсы Pringles бекон", "147.5"),
+    ("Напиток Coca-Cola Zero 0.5л", "55"),
+    ("Стиральная машинка LG", "47399.99"),
+    ("Телевизор Bork", "14599.50"),
+    ("Pringles Original", "99.99"),
+)
 _NOTHING = ("Хлеб бородинский", "45")
 
 # Answers the hostile front gives an order for good: never credited, the order stays NEW.
-HOSTILE_FOREVER = ("lie_order", "gzip_bomb", "deflate_bomb", "huge", "huge_chunked",
-                   "redirect", "redirect_external", "bad_json", "wrong_shape", "deep",
-                   "accrual_string", "accrual_negative", "accrual_huge", "unknown_status",
-                   "teapot", "nested_gzip", "brotli", "drip", "huge_header")
+HOSTILE_FOREVER = (
+    "lie_order",
+    "gzip_bomb",
+    "deflate_bomb",
+    "huge",
+    "huge_chunked",
+    "redirect",
+    "redirect_external",
+    "bad_json",
+    "wrong_shape",
+    "deep",
+    "accrual_string",
+    "accrual_negative",
+    "accrual_huge",
+    "unknown_status",
+    "teapot",
+    "nested_gzip",
+    "brotli",
+    "drip",
+    "huge_header",
+)
 # Answers it gives once, then the simulator answers: the order ends as planned.
 # (A 429 announcing a tiny limit is left to tests/test_worker_hostile.py: obeyed for
 # ACCRUAL_RATE_TTL, it would only stretch this run.)
-HOSTILE_ONCE = ("429:0", "429:-5", "429:soon", "429:none", "429:99999999",
-                "429:Thu, 01 Jan 1970 00:00:00 GMT", "redirect", "gzip_bomb", "lie_order",
-                "drip", "teapot")
+HOSTILE_ONCE = (
+    "429:0",
+    "429:-5",
+    "429:soon",
+    "429:none",
+    "429:99999999",
+    "429:Thu, 01 Jan 1970 00:00:00 GMT",
+    "redirect",
+    "gzip_bomb",
+    "lie_order",
+    "drip",
+    "teapot",
+)
 
 
 @dataclass(frozen=True)
@@ -132,8 +164,13 @@ def plan(config: ChaosConfig, rng: random.Random) -> list[Planned]:
         goods = [rng.choice(_EARNING) for _ in range(rng.randint(1, 3))]
         if rng.random() < 0.05:
             goods = [_NOTHING]  # ends INVALID
-        order = Planned(with_check_digit(str(10_000_000 + i)), rng.randrange(config.users),
-                        goods, kind, rng.random() < 0.02)
+        order = Planned(
+            with_check_digit(str(10_000_000 + i)),
+            rng.randrange(config.users),
+            goods,
+            kind,
+            rng.random() < 0.02,
+        )
         if rng.random() < config.hostile_rate:
             if rng.random() < 0.5:
                 order.kind, order.hostile = "hostile", rng.choice(HOSTILE_FOREVER)
@@ -141,8 +178,10 @@ def plan(config: ChaosConfig, rng: random.Random) -> list[Planned]:
                 order.hostile = "once:" + rng.choice(HOSTILE_ONCE)
         planned.append(order)
     # One user's burst of orders nobody will ever know: they must not hold back the rest.
-    planned.extend(Planned(with_check_digit(str(20_000_000 + i)), 0, [], "unknown", False,
-                           burst=True) for i in range(config.flood))
+    planned.extend(
+        Planned(with_check_digit(str(20_000_000 + i)), 0, [], "unknown", False, burst=True)
+        for i in range(config.flood)
+    )
     return planned
 
 
@@ -173,8 +212,7 @@ class Chaos:
         await stack.hostile_script({o.number: o.hostile for o in orders if o.hostile})
         uploads_done = asyncio.Event()
         killer = asyncio.create_task(self._kill_workers(uploads_done))
-        spenders = [asyncio.create_task(self._spend(u))
-                    for u in range(config.users)]
+        spenders = [asyncio.create_task(self._spend(u)) for u in range(config.users)]
         try:
             upload_started = time.monotonic()
             await self._upload_all(orders)
@@ -228,8 +266,9 @@ class Chaos:
         rng = random.Random(self.config.seed * 1000 + user)
         token = self.tokens[user]
         started = time.monotonic()
-        moments = sorted(rng.uniform(0, self.config.upload_over)
-                         for _ in range(self.config.withdrawals_per_user))
+        moments = sorted(
+            rng.uniform(0, self.config.upload_over) for _ in range(self.config.withdrawals_per_user)
+        )
         for moment in moments:
             await asyncio.sleep(max(0.0, started + moment - time.monotonic()))
             code, balance = await self.stack.get(token, "/api/user/balance")
@@ -241,8 +280,9 @@ class Chaos:
             number = next(self._withdraw_numbers)
             twin = next(self._withdraw_numbers)
             # Two at once: each may win; the balance never goes negative.
-            results = await asyncio.gather(self.stack.withdraw(token, number, amount),
-                                           self.stack.withdraw(token, twin, amount))
+            results = await asyncio.gather(
+                self.stack.withdraw(token, number, amount), self.stack.withdraw(token, twin, amount)
+            )
             for order, code in zip((number, twin), results, strict=True):
                 assert code in (200, 402), (order, code)
                 if code == 200:
@@ -278,15 +318,22 @@ class Chaos:
         known = [o.number for o in orders if o.kind not in ("unknown", "hostile")]
         conn = await asyncpg.connect(self.stack.database_uri)
         try:
+
             async def all_final() -> bool:
                 left: int = await conn.fetchval(
                     "SELECT count(*) FROM gophermart.orders WHERE number = ANY($1::text[])"
-                    " AND status NOT IN ('PROCESSED', 'INVALID')", known)
+                    " AND status NOT IN ('PROCESSED', 'INVALID')",
+                    known,
+                )
                 return left == 0
 
-            await eventually(all_final, within=self.config.settle_within,
-                             what="every order the simulator knows is final", every=0.5,
-                             context=self.stack.logs_tail)
+            await eventually(
+                all_final,
+                within=self.config.settle_within,
+                what="every order the simulator knows is final",
+                every=0.5,
+                context=self.stack.logs_tail,
+            )
         finally:
             await conn.close()
 
@@ -297,12 +344,16 @@ class Chaos:
         by_number = {o.number: o for o in orders}
         conn = await asyncpg.connect(stack.database_uri)
         try:
-            rows = await conn.fetch("SELECT o.number, o.status, o.accrual, u.login"
-                                    " FROM gophermart.orders o JOIN gophermart.users u"
-                                    " ON u.id = o.user_id")
-            ledger = await conn.fetch("SELECT l.kind, l.order_number, l.amount, u.login"
-                                      " FROM gophermart.ledger l JOIN gophermart.users u"
-                                      " ON u.id = l.user_id")
+            rows = await conn.fetch(
+                "SELECT o.number, o.status, o.accrual, u.login"
+                " FROM gophermart.orders o JOIN gophermart.users u"
+                " ON u.id = o.user_id"
+            )
+            ledger = await conn.fetch(
+                "SELECT l.kind, l.order_number, l.amount, u.login"
+                " FROM gophermart.ledger l JOIN gophermart.users u"
+                " ON u.id = l.user_id"
+            )
         finally:
             await conn.close()
 
@@ -329,14 +380,21 @@ class Chaos:
         credits = Counter(r["order_number"] for r in ledger if r["kind"] == "accrual")
         twice = [number for number, n in credits.items() if n > 1]
         assert not twice, f"credited more than once: {twice}"
-        assert {(r["order_number"], r["login"], r["amount"]) for r in ledger
-                if r["kind"] == "accrual"} == {
-            (row["number"], row["login"], row["accrual"]) for row in rows
-            if row["status"] == "PROCESSED"}
-        assert {(r["order_number"], r["login"], r["amount"]) for r in ledger
-                if r["kind"] == "withdrawal"} == {
+        assert {
+            (r["order_number"], r["login"], r["amount"]) for r in ledger if r["kind"] == "accrual"
+        } == {
+            (row["number"], row["login"], row["accrual"])
+            for row in rows
+            if row["status"] == "PROCESSED"
+        }
+        assert {
+            (r["order_number"], r["login"], r["amount"])
+            for r in ledger
+            if r["kind"] == "withdrawal"
+        } == {
             (number, f"chaos-user-{user}", amount)
-            for number, (user, amount) in self.withdrawn.items()}
+            for number, (user, amount) in self.withdrawn.items()
+        }
 
         # Every user, through the API: balance = PROCESSED accruals - withdrawals, exactly.
         earned: dict[int, Decimal] = defaultdict(Decimal)
@@ -349,8 +407,10 @@ class Chaos:
         for user, token in enumerate(self.tokens):
             code, balance = await stack.get(token, "/api/user/balance")
             assert code == 200
-            assert balance == {"current": earned[user] - spent[user],
-                               "withdrawn": spent[user]}, (user, balance)
+            assert balance == {"current": earned[user] - spent[user], "withdrawn": spent[user]}, (
+                user,
+                balance,
+            )
             code, listed = await stack.get(token, "/api/user/orders")
             mine = {o.number for o in orders if o.user == user}
             assert code == (200 if mine else 204)
@@ -378,31 +438,59 @@ class Chaos:
 
         # The API never died; no log line holds a password, hash, secret or token.
         assert stack.api.running and stack.sim.running
-        secrets = [*self.passwords, SESSION_SECRET,
-                   *(t.removeprefix("Bearer ") for t in self.tokens)]
+        secrets = [
+            *self.passwords,
+            SESSION_SECRET,
+            *(t.removeprefix("Bearer ") for t in self.tokens),
+        ]
         assert leaked_secrets(stack.logs(), secrets) == []
 
 
 def sim_args(config: ChaosConfig) -> tuple[str, ...]:
-    return ("--delay", str(config.sim_delay), "--fail-rate", str(config.fail_rate),
-            "--latency-rate", str(config.latency_rate), "--latency-min", "0",
-            "--latency-max", str(config.latency_max), "--rate-limit", str(config.rate_limit),
-            "--rate-window", str(config.rate_window), "--pause-grace", str(config.pause_grace),
-            "--random-seed", str(config.seed))
+    return (
+        "--delay",
+        str(config.sim_delay),
+        "--fail-rate",
+        str(config.fail_rate),
+        "--latency-rate",
+        str(config.latency_rate),
+        "--latency-min",
+        "0",
+        "--latency-max",
+        str(config.latency_max),
+        "--rate-limit",
+        str(config.rate_limit),
+        "--rate-window",
+        str(config.rate_window),
+        "--pause-grace",
+        str(config.pause_grace),
+        "--random-seed",
+        str(config.seed),
+    )
 
 
 def worker_env(config: ChaosConfig) -> dict[str, str]:
     # The hostile front's absurd Retry-After values are bounded by a short ceiling here,
     # so the run is not spent waiting out pauses the setting exists to bound.
-    return {"WORKER_LEASE": str(config.lease), "WORKER_BACKOFF_MAX": "5",
-            "WORKER_STOP_TIMEOUT": "1", "ACCRUAL_PAUSE_MAX": "3", "ACCRUAL_TIMEOUT": "2"}
+    return {
+        "WORKER_LEASE": str(config.lease),
+        "WORKER_BACKOFF_MAX": "5",
+        "WORKER_STOP_TIMEOUT": "1",
+        "ACCRUAL_PAUSE_MAX": "3",
+        "ACCRUAL_TIMEOUT": "2",
+    }
 
 
 async def chaos(config: ChaosConfig, database_uri: str, log_dir: Path) -> Figures:
     """Start the system on ``database_uri`` (migrated or empty), run, audit, stop."""
-    stack = await Stack.start(database_uri, log_dir, workers=config.workers,
-                              sim_args=sim_args(config), worker_env=worker_env(config),
-                              hostile_front=True)
+    stack = await Stack.start(
+        database_uri,
+        log_dir,
+        workers=config.workers,
+        sim_args=sim_args(config),
+        worker_env=worker_env(config),
+        hostile_front=True,
+    )
     try:
         return await Chaos(stack, config).run()
     finally:
@@ -411,11 +499,17 @@ async def chaos(config: ChaosConfig, database_uri: str, log_dir: Path) -> Figure
 
 def main(argv: list[str] | None = None) -> int:
     defaults = ChaosConfig()
-    parser = argparse.ArgumentParser(prog="python -m tests.chaos.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.chaos.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for f in fields(ChaosConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                            default=getattr(defaults, f.name))
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=type(getattr(defaults, f.name)),
+            default=getattr(defaults, f.name),
+        )
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     args = parser.parse_args(argv)
     config = ChaosConfig(**{f.name: getattr(args, f.name) for f in fields(ChaosConfig)})

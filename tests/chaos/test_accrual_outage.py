@@ -16,9 +16,15 @@ pytestmark = pytest.mark.e2e
 
 @pytest.mark.timeout(120)
 async def test_orders_wait_out_an_accrual_outage_and_complete_after_it(
-        database_uri: str, log_dir: Path, pool: asyncpg.Pool) -> None:
-    stack = await Stack.start(database_uri, log_dir, workers=2, sim_args=("--delay", "0"),
-                              worker_env={"WORKER_BACKOFF_MAX": "2"})
+    database_uri: str, log_dir: Path, pool: asyncpg.Pool
+) -> None:
+    stack = await Stack.start(
+        database_uri,
+        log_dir,
+        workers=2,
+        sim_args=("--delay", "0"),
+        worker_env={"WORKER_BACKOFF_MAX": "2"},
+    )
     try:
         await stack.sim_rules()
         token = await stack.register("waiting", "accrual-outage-pass-3e7")
@@ -66,23 +72,35 @@ async def test_orders_wait_out_an_accrual_outage_and_complete_after_it(
         assert await stack.sim_order(after, [("Телевизор Bork", "14599.50")]) == 202
         assert await stack.upload(token, after) == 202
 
-        await eventually(lambda: processed([*returning, *late, after]), within=20,
-                         what="every order the accrual system knows PROCESSED",
-                         context=stack.logs_tail)
+        await eventually(
+            lambda: processed([*returning, *late, after]),
+            within=20,
+            what="every order the accrual system knows PROCESSED",
+            context=stack.logs_tail,
+        )
         final = await statuses()
         assert final[unknown][0] == "NEW"  # a 204 is never INVALID
         # 700 + 10 x 11.06 (147.5 x 7.5 % = 11.0625) + 5 x 12.5 + 1459.95
-        expected = (Decimal(700) + 10 * Decimal("11.06") + 5 * Decimal("12.5")
-                    + Decimal("1459.95"))
+        expected = Decimal(700) + 10 * Decimal("11.06") + 5 * Decimal("12.5") + Decimal("1459.95")
         assert await stack.get(token, "/api/user/balance") == (
-            200, {"current": expected, "withdrawn": 0})
-        credits = await pool.fetch("SELECT order_number, count(*) AS n FROM ledger"
-                                   " WHERE kind = 'accrual' GROUP BY order_number")
+            200,
+            {"current": expected, "withdrawn": 0},
+        )
+        credits = await pool.fetch(
+            "SELECT order_number, count(*) AS n FROM ledger"
+            " WHERE kind = 'accrual' GROUP BY order_number"
+        )
         assert sorted(r["order_number"] for r in credits) == sorted(
-            [before, *returning, *late, after])
+            [before, *returning, *late, after]
+        )
         assert {r["n"] for r in credits} == {1}
         assert stack.api.running and all(w.running for w in stack.workers)
-        assert leaked_secrets(stack.logs(), ["accrual-outage-pass-3e7", SESSION_SECRET,
-                                             token.removeprefix("Bearer ")]) == []
+        assert (
+            leaked_secrets(
+                stack.logs(),
+                ["accrual-outage-pass-3e7", SESSION_SECRET, token.removeprefix("Bearer ")],
+            )
+            == []
+        )
     finally:
         await stack.close()

@@ -11,14 +11,22 @@ from tests.chaos.run import ChaosConfig, chaos
 
 pytestmark = pytest.mark.e2e
 
-SCALED = ChaosConfig(users=30, orders=300, workers=3, rate_limit=12, upload_over=30.0,
-                     withdrawals_per_user=4, flood=100,
-                     settle_within=90.0)
+SCALED = ChaosConfig(
+    users=30,
+    orders=300,
+    workers=3,
+    rate_limit=12,
+    upload_over=30.0,
+    withdrawals_per_user=4,
+    flood=100,
+    settle_within=90.0,
+)
 
 
 @pytest.mark.timeout(240)
 async def test_under_500s_latency_429s_and_sigkilled_workers_every_point_is_accounted_for(
-        database_uri: str, log_dir: Path) -> None:
+    database_uri: str, log_dir: Path
+) -> None:
     figures = await chaos(SCALED, database_uri, log_dir)
     print(f"\nscaled chaos run:\n{figures.table()}")
     assert figures.kills >= 3  # workers really died mid-run

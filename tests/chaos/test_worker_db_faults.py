@@ -42,16 +42,26 @@ async def _processed_app(aiohttp_server: Any) -> str:
 
 
 async def test_a_connection_asyncpg_lost_track_of_does_not_kill_the_worker(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: Any) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: Any
+) -> None:
     # What asyncpg raised in a real worker when PostgreSQL shut down mid-claim
     # (tests/chaos/test_database_outage.py); it is no PostgresError/InterfaceError.
-    glitchy = Glitchy(pool, asyncpg.InternalClientError(
-        "cannot switch to state 15; another operation (2) is in progress"))
+    glitchy = Glitchy(
+        pool,
+        asyncpg.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress"
+        ),
+    )
     base = await _processed_app(aiohttp_server)
     user = await make_user(pool)
     await add_order(pool, user, "79927398713")
-    async with running_worker(glitchy, database_uri, base,  # type: ignore[arg-type]
-                              poll_interval=0.1) as harness:
+    async with running_worker(
+        glitchy,
+        database_uri,
+        base,  # type: ignore[arg-type]
+        poll_interval=0.1,
+    ) as harness:
+
         async def failed() -> bool:
             return glitchy.failed >= 1
 
@@ -68,14 +78,19 @@ async def test_a_connection_asyncpg_lost_track_of_does_not_kill_the_worker(
 
 
 async def test_after_the_database_returns_a_notification_ends_the_claim_backoff(
-        pool: asyncpg.Pool, database_uri: str, aiohttp_server: Any) -> None:
+    pool: asyncpg.Pool, database_uri: str, aiohttp_server: Any
+) -> None:
     glitchy = Glitchy(pool, ConnectionRefusedError(111, "Connection refused"))
     base = await _processed_app(aiohttp_server)
     user = await make_user(pool)
     await add_order(pool, user, "12345678903")  # due: the claim loop keeps trying
     # A 30 s polling fallback: only the notification can make the next claim prompt.
-    async with running_worker(glitchy, database_uri, base,  # type: ignore[arg-type]
-                              poll_interval=30.0):
+    async with running_worker(
+        glitchy,
+        database_uri,
+        base,  # type: ignore[arg-type]
+        poll_interval=30.0,
+    ):
         await asyncio.sleep(3.2)  # failed claims have backed off to 3.2 s by now
         assert glitchy.failed >= 4
         glitchy.down = False
@@ -85,4 +100,3 @@ async def test_after_the_database_returns_a_notification_ends_the_claim_backoff(
             return await status_of(pool, "79927398713") == "PROCESSED"
 
         await eventually(processed, within=1.0)
-

@@ -45,10 +45,20 @@ def wait_until(check: object, timeout: float = 20.0) -> None:
 @pytest.fixture
 def api(database_uri: str, log_dir: Path) -> Iterator[Service]:
     port = free_port()
-    service = Service("api", "api", {
-        "RUN_ADDRESS": f"127.0.0.1:{port}", "DATABASE_URI": database_uri,
-        "SESSION_SECRET": SESSION_SECRET, "API_PROCESSES": "3", "DB_POOL_MAX": "7",
-        "DB_POOL_MIN": "3"}, log_dir, port=port)
+    service = Service(
+        "api",
+        "api",
+        {
+            "RUN_ADDRESS": f"127.0.0.1:{port}",
+            "DATABASE_URI": database_uri,
+            "SESSION_SECRET": SESSION_SECRET,
+            "API_PROCESSES": "3",
+            "DB_POOL_MAX": "7",
+            "DB_POOL_MIN": "3",
+        },
+        log_dir,
+        port=port,
+    )
     service.start()
     assert service.process is not None
     wait_until(lambda: len(children(service.process.pid)) == 3)
@@ -76,8 +86,11 @@ def _pids_of(service: Service, event_name: str, **fields: str) -> set[int]:
     for line in service.log().splitlines():
         if line.startswith("{"):
             event = json.loads(line)
-            if event.get("event") == event_name and "pid" in event \
-                    and all(event.get(k) == v for k, v in fields.items()):
+            if (
+                event.get("event") == event_name
+                and "pid" in event
+                and all(event.get(k) == v for k, v in fields.items())
+            ):
                 pids.add(event["pid"])
     return pids
 
@@ -87,7 +100,8 @@ def _request_pids(service: Service, path: str) -> set[int]:
 
 
 async def test_every_process_serves_the_one_port_and_sigterm_stops_them_all(
-        api: Service, database_uri: str) -> None:
+    api: Service, database_uri: str
+) -> None:
     assert api.process is not None and api.port is not None
     pids = children(api.process.pid)
     assert await _get(f"{service_url(api.port)}/healthz", 120) == [200] * 120
@@ -99,7 +113,8 @@ async def test_every_process_serves_the_one_port_and_sigterm_stops_them_all(
     try:
         idle = await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'gophermart' "
-            "AND datname = current_database()")
+            "AND datname = current_database()"
+        )
     finally:
         await conn.close()
     assert idle == 3
@@ -113,8 +128,12 @@ async def test_a_killed_process_is_replaced_and_the_port_keeps_serving(api: Serv
     assert api.process is not None and api.port is not None
     before = children(api.process.pid)
     os.kill(before[0], signal.SIGKILL)
-    wait_until(lambda: len(children(api.process.pid)) == 3  # type: ignore[union-attr]
-               and before[0] not in children(api.process.pid))  # type: ignore[union-attr]
+    wait_until(
+        lambda: (
+            len(children(api.process.pid)) == 3  # type: ignore[union-attr]
+            and before[0] not in children(api.process.pid)
+        )
+    )  # type: ignore[union-attr]
     after = children(api.process.pid)
     (replacement,) = set(after) - set(before)
     # The others serve while the replacement starts; then it serves too.
@@ -127,8 +146,7 @@ async def test_a_killed_process_is_replaced_and_the_port_keeps_serving(api: Serv
     assert not any(alive(pid) for pid in after)
 
 
-async def test_processes_stop_by_themselves_when_the_supervisor_is_killed(
-        api: Service) -> None:
+async def test_processes_stop_by_themselves_when_the_supervisor_is_killed(api: Service) -> None:
     assert api.process is not None
     pids = children(api.process.pid)
     api.kill()  # SIGKILL: no chance to stop its children
@@ -141,8 +159,11 @@ async def test_metrics_count_the_requests_of_every_process(api: Service) -> None
     url = service_url(api.port)
     await _get(f"{url}/api/openapi.json", 40)
     assert len(_request_pids(api, "/api/openapi.json")) > 1
-    pattern = re.compile(r'^gophermart_http_requests_total\{method="GET",'
-                         r'route="/api/openapi.json",status="200"\} (\S+)$', re.MULTILINE)
+    pattern = re.compile(
+        r'^gophermart_http_requests_total\{method="GET",'
+        r'route="/api/openapi.json",status="200"\} (\S+)$',
+        re.MULTILINE,
+    )
 
     async def count(http: aiohttp.ClientSession) -> float:
         async with http.get(f"{url}/metrics") as response:
@@ -163,8 +184,9 @@ async def test_metrics_count_the_requests_of_every_process(api: Service) -> None
 
 def test_budgets_are_totals_split_between_processes() -> None:
     assert shares(10, 3) == [4, 3, 3]
-    settings = ApiSettings(database_uri="x", db_pool_max=10, db_pool_min=2,
-                           hash_concurrency=3, api_processes=4)
+    settings = ApiSettings(
+        database_uri="x", db_pool_max=10, db_pool_min=2, hash_concurrency=3, api_processes=4
+    )
     assert process_count(settings) == 4
     budgets = child_budgets(settings, 4)
     assert [b["DB_POOL_MAX"] for b in budgets] == ["3", "3", "2", "2"]

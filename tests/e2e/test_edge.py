@@ -44,13 +44,22 @@ async def start_api(database_uri: str, log_dir: Path) -> AsyncIterator[ApiFactor
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-        service = Service(name, "api", {"DATABASE_URI": database_uri,
-                                        "RUN_ADDRESS": f"127.0.0.1:{port}",
-                                        "SESSION_SECRET": SESSION_SECRET,
-                                        "REGISTER_MAX_PER_ADDRESS": "0",
-                                        # Caps and limits here are per process: one.
-                                        "API_PROCESSES": "1", **env},
-                          log_dir, port=port, preexec=limit)
+        service = Service(
+            name,
+            "api",
+            {
+                "DATABASE_URI": database_uri,
+                "RUN_ADDRESS": f"127.0.0.1:{port}",
+                "SESSION_SECRET": SESSION_SECRET,
+                "REGISTER_MAX_PER_ADDRESS": "0",
+                # Caps and limits here are per process: one.
+                "API_PROCESSES": "1",
+                **env,
+            },
+            log_dir,
+            port=port,
+            preexec=limit,
+        )
         await asyncio.to_thread(service.start)
         started.append(service)
         return service
@@ -65,14 +74,19 @@ async def sign_up(api: Service, login: str, source: str = "127.0.0.1") -> str:
     """Register ``login`` from ``source``; the bearer token handed out."""
     assert api.port is not None
     connector = aiohttp.TCPConnector(local_addr=(source, 0))
-    async with aiohttp.ClientSession(connector=connector) as http, http.post(
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.post(
             f"{service_url(api.port)}/api/user/register",
-            json={"login": login, "password": PASSWORD}) as response:
+            json={"login": login, "password": PASSWORD},
+        ) as response,
+    ):
         assert response.status == 200, await response.text()
         return response.headers["Authorization"].removeprefix("Bearer ")
 
 
 # --- raw HTTP ----------------------------------------------------------------------
+
 
 @dataclass
 class Answer:
@@ -82,11 +96,11 @@ class Answer:
     raw: bytes
 
 
-def exchange(port: int, data: bytes, source: str = "127.0.0.1",
-             timeout: float = 10.0) -> Answer:
+def exchange(port: int, data: bytes, source: str = "127.0.0.1", timeout: float = 10.0) -> Answer:
     """Send raw bytes, read until the server closes (or ``timeout``); the first answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout,
-                                  source_address=(source, 0)) as sock:
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=timeout, source_address=(source, 0)
+    ) as sock:
         with contextlib.suppress(OSError):  # the server may close before reading it all
             sock.sendall(data)
         raw = b""
@@ -115,12 +129,18 @@ def parse_answer(raw: bytes) -> Answer:
     return Answer(int(lines[0].split()[1]), headers, rest[:length], raw)
 
 
-def request(method: str, path: str, headers: dict[str, str] | None = None,
-            body: bytes = b"") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
-             *(f"{k}: {v}" for k, v in (headers or {}).items())]
-    if body and not any(k.lower() in ("content-length", "transfer-encoding")
-                        for k in headers or {}):
+def request(
+    method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> bytes:
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]
+    if body and not any(
+        k.lower() in ("content-length", "transfer-encoding") for k in headers or {}
+    ):
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -136,76 +156,168 @@ def malformed(token: str) -> list[tuple[str, bytes]]:
     creds = json.dumps({"login": "edge", "password": PASSWORD}).encode()
     json_type = {"Content-Type": "application/json"}
     return [
-        ("nul in a header", f"GET /api/user/balance HTTP/1.1\r\nHost: x\r\n{auth}\x00\r\n\r\n"
-         .encode()),
-        ("header line without colon", f"GET /api/user/balance HTTP/1.1\r\nHost: x\r\n"
-         f"Bearer {token}\r\n\r\n".encode()),
-        ("space before colon", f"GET /api/user/balance HTTP/1.1\r\nHost: x\r\n"
-         f"Authorization : Bearer {token}\r\n\r\n".encode()),
-        ("folded header", f"GET /api/user/balance HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n"
-         f" {auth}\r\n\r\n".encode()),
-        ("header line too long", f"GET /api/user/balance HTTP/1.1\r\nHost: x\r\n"
-         f"{cookie}{'a' * 9000}\r\n\r\n".encode()),
-        ("request line too long", f"GET /api/user/orders?t={token}{'b' * 9000} HTTP/1.1\r\n"
-         f"Host: x\r\n\r\n".encode()),
-        ("control char in target", f"GET /api/user/orders?t={token}\x7f HTTP/1.1\r\n"
-         f"Host: x\r\n\r\n".encode()),
+        (
+            "nul in a header",
+            f"GET /api/user/balance HTTP/1.1\r\nHost: x\r\n{auth}\x00\r\n\r\n".encode(),
+        ),
+        (
+            "header line without colon",
+            f"GET /api/user/balance HTTP/1.1\r\nHost: x\r\nBearer {token}\r\n\r\n".encode(),
+        ),
+        (
+            "space before colon",
+            f"GET /api/user/balance HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization : Bearer {token}\r\n\r\n".encode(),
+        ),
+        (
+            "folded header",
+            f"GET /api/user/balance HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n {auth}\r\n\r\n".encode(),
+        ),
+        (
+            "header line too long",
+            f"GET /api/user/balance HTTP/1.1\r\nHost: x\r\n{cookie}{'a' * 9000}\r\n\r\n".encode(),
+        ),
+        (
+            "request line too long",
+            f"GET /api/user/orders?t={token}{'b' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        ),
+        (
+            "control char in target",
+            f"GET /api/user/orders?t={token}\x7f HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        ),
         ("bad method", f"G@T /api/user/balance HTTP/1.1\r\nHost: x\r\n{auth}\r\n\r\n".encode()),
         ("bad version", f"GET /api/user/balance HTTP/9.9\r\nHost: x\r\n{auth}\r\n\r\n".encode()),
         ("tls hello", bytes.fromhex("16030100a5010000a10303") + token.encode() + b"\r\n\r\n"),
         ("binary garbage", bytes(range(256)) + b"\r\n\r\n"),
-        ("negative content length", request("POST", "/api/user/login",
-                                            {**json_type, "Content-Length": "-5"}, creds)),
-        ("two content lengths", request("POST", "/api/user/login",
-                                        {**json_type, "Content-Length": f"{len(creds)}, 1"},
-                                        creds)),
-        ("length and chunked", b"POST /api/user/login HTTP/1.1\r\nHost: x\r\n"
-         b"Content-Type: application/json\r\nContent-Length: 5\r\n"
-         b"Transfer-Encoding: chunked\r\n\r\n" + creds),
-        ("bad chunk size", request("POST", "/api/user/login",
-                                   {**json_type, "Transfer-Encoding": "chunked"},
-                                   b"zz\r\n" + creds + b"\r\n0\r\n\r\n")),
-        ("bad gzip", request("POST", "/api/user/login",
-                             {**json_type, "Content-Encoding": "gzip"}, creds)),
-        ("bad deflate", request("POST", "/api/user/login",
-                                {**json_type, "Content-Encoding": "deflate"}, creds)),
-        ("gzip bomb", request("POST", "/api/user/login", {**json_type, "Content-Encoding": "gzip"},
-                              gzip.compress(b" " * 10_000_000 + creds))),
-        ("gzip cut short", request("POST", "/api/user/login",
-                                   {**json_type, "Content-Encoding": "gzip"},
-                                   gzip.compress(creds)[:20])),
-        ("invalid utf-8", request("POST", "/api/user/login", json_type,
-                                  creds.replace(b"edge", b"\xff\xfe"))),
-        ("utf-16 charset", request("POST", "/api/user/login",
-                                   {"Content-Type": "application/json; charset=utf-16"},
-                                   creds.decode().encode("utf-16"))),
-        ("unknown charset", request("POST", "/api/user/login",
-                                    {"Content-Type": "application/json; charset=x-unknown"},
-                                    creds)),
+        (
+            "negative content length",
+            request("POST", "/api/user/login", {**json_type, "Content-Length": "-5"}, creds),
+        ),
+        (
+            "two content lengths",
+            request(
+                "POST",
+                "/api/user/login",
+                {**json_type, "Content-Length": f"{len(creds)}, 1"},
+                creds,
+            ),
+        ),
+        (
+            "length and chunked",
+            b"POST /api/user/login HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + creds,
+        ),
+        (
+            "bad chunk size",
+            request(
+                "POST",
+                "/api/user/login",
+                {**json_type, "Transfer-Encoding": "chunked"},
+                b"zz\r\n" + creds + b"\r\n0\r\n\r\n",
+            ),
+        ),
+        (
+            "bad gzip",
+            request("POST", "/api/user/login", {**json_type, "Content-Encoding": "gzip"}, creds),
+        ),
+        (
+            "bad deflate",
+            request("POST", "/api/user/login", {**json_type, "Content-Encoding": "deflate"}, creds),
+        ),
+        (
+            "gzip bomb",
+            request(
+                "POST",
+                "/api/user/login",
+                {**json_type, "Content-Encoding": "gzip"},
+                gzip.compress(b" " * 10_000_000 + creds),
+            ),
+        ),
+        (
+            "gzip cut short",
+            request(
+                "POST",
+                "/api/user/login",
+                {**json_type, "Content-Encoding": "gzip"},
+                gzip.compress(creds)[:20],
+            ),
+        ),
+        (
+            "invalid utf-8",
+            request("POST", "/api/user/login", json_type, creds.replace(b"edge", b"\xff\xfe")),
+        ),
+        (
+            "utf-16 charset",
+            request(
+                "POST",
+                "/api/user/login",
+                {"Content-Type": "application/json; charset=utf-16"},
+                creds.decode().encode("utf-16"),
+            ),
+        ),
+        (
+            "unknown charset",
+            request(
+                "POST",
+                "/api/user/login",
+                {"Content-Type": "application/json; charset=x-unknown"},
+                creds,
+            ),
+        ),
         ("truncated json", request("POST", "/api/user/login", json_type, creds[:-3])),
-        ("deep json", request("POST", "/api/user/login", json_type,
-                              b'{"login": ' + b"[" * 30000 + b"]" * 30000 + b"}")),
-        ("form post", request("POST", "/api/user/login",
-                              {"Content-Type": "application/x-www-form-urlencoded"}, creds)),
-        ("bad cookie", request("GET", "/api/user/balance",
-                               {"Cookie": f"gophermart_session={token[:-4]}\x01; x"})),
-        ("garbage bearer", request("GET", "/api/user/balance",
-                                   {"Authorization": "Bearer \x01" + token[::-1]})),
+        (
+            "deep json",
+            request(
+                "POST",
+                "/api/user/login",
+                json_type,
+                b'{"login": ' + b"[" * 30000 + b"]" * 30000 + b"}",
+            ),
+        ),
+        (
+            "form post",
+            request(
+                "POST",
+                "/api/user/login",
+                {"Content-Type": "application/x-www-form-urlencoded"},
+                creds,
+            ),
+        ),
+        (
+            "bad cookie",
+            request(
+                "GET", "/api/user/balance", {"Cookie": f"gophermart_session={token[:-4]}\x01; x"}
+            ),
+        ),
+        (
+            "garbage bearer",
+            request("GET", "/api/user/balance", {"Authorization": "Bearer \x01" + token[::-1]}),
+        ),
         ("bad percent in path", request("GET", f"/api/user/%zz{token}")),
         ("absolute form with userinfo", request("GET", f"http://u:{token}@x/api/user/balance")),
-        ("unknown expectation", request("POST", "/api/user/orders",
-                                        {"Authorization": f"Bearer {token}", "Expect": token,
-                                         "Content-Type": "text/plain"}, b"12345678903")),
-        ("unknown expectation, unknown path", request("GET", "/nowhere",
-                                                      {"Expect": f"x={PASSWORD}"})),
+        (
+            "unknown expectation",
+            request(
+                "POST",
+                "/api/user/orders",
+                {"Authorization": f"Bearer {token}", "Expect": token, "Content-Type": "text/plain"},
+                b"12345678903",
+            ),
+        ),
+        (
+            "unknown expectation, unknown path",
+            request("GET", "/nowhere", {"Expect": f"x={PASSWORD}"}),
+        ),
     ]
 
 
 def assert_quiet_4xx(name: str, answer: Answer, secrets: list[str]) -> None:
     assert answer.status is not None, f"{name}: no answer"
     assert 400 <= answer.status < 500, f"{name}: {answer.raw[:300]!r}"
-    assert answer.headers.get("content-type", "").startswith("application/json"), \
+    assert answer.headers.get("content-type", "").startswith("application/json"), (
         f"{name}: {answer.raw[:300]!r}"
+    )
     assert json.loads(answer.body)["error"], name
     assert answer.headers.get("server") == "gophermart", name
     for secret in secrets:
@@ -215,17 +327,24 @@ def assert_quiet_4xx(name: str, answer: Answer, secrets: list[str]) -> None:
 def assert_clean_log(api: Service, secrets: list[str]) -> None:
     text = api.log()
     leaks = leaked_secrets({"api": text}, secrets)
-    assert leaks == [], [line for line in text.splitlines()
-                         if any(secret in line for _, secret in leaks)]
+    assert leaks == [], [
+        line for line in text.splitlines() if any(secret in line for _, secret in leaks)
+    ]
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert lines, "the API logged nothing"
-    bad = [line for line in lines if line.get("level") in ("error", "critical")
-           or "exception" in line or line.get("event") == "database unavailable"]
+    bad = [
+        line
+        for line in lines
+        if line.get("level") in ("error", "critical")
+        or "exception" in line
+        or line.get("event") == "database unavailable"
+    ]
     assert bad == [], json.dumps(bad)[:4000]
 
 
 async def test_malformed_http_gets_a_quiet_json_4xx_and_leaves_no_secret_in_the_log(
-        start_api: ApiFactory) -> None:
+    start_api: ApiFactory,
+) -> None:
     api = await start_api(BODY_TIMEOUT="2", HEADER_TIMEOUT="2")
     token = await sign_up(api, "edge")
     assert api.port is not None
@@ -236,20 +355,34 @@ async def test_malformed_http_gets_a_quiet_json_4xx_and_leaves_no_secret_in_the_
     assert_clean_log(api, secrets)
 
 
-async def test_randomly_mutated_requests_never_get_a_5xx_or_leak(
-        start_api: ApiFactory) -> None:
+async def test_randomly_mutated_requests_never_get_a_5xx_or_leak(start_api: ApiFactory) -> None:
     api = await start_api(BODY_TIMEOUT="1", HEADER_TIMEOUT="1")
     token = await sign_up(api, "mutant")
     assert api.port is not None
     creds = json.dumps({"login": "mutant", "password": PASSWORD}).encode()
     seeds = [
-        request("POST", "/api/user/login", {"Content-Type": "application/json",
-                                            "Cookie": f"gophermart_session={token}"}, creds),
-        request("POST", "/api/user/orders", {"Authorization": f"Bearer {token}",
-                                             "Content-Type": "text/plain"}, b"12345678903"),
-        request("POST", "/api/user/balance/withdraw",
-                {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-                 "Content-Encoding": "gzip"}, gzip.compress(b'{"order": "2377225624", "sum": 1}')),
+        request(
+            "POST",
+            "/api/user/login",
+            {"Content-Type": "application/json", "Cookie": f"gophermart_session={token}"},
+            creds,
+        ),
+        request(
+            "POST",
+            "/api/user/orders",
+            {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"},
+            b"12345678903",
+        ),
+        request(
+            "POST",
+            "/api/user/balance/withdraw",
+            {
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Content-Encoding": "gzip",
+            },
+            gzip.compress(b'{"order": "2377225624", "sum": 1}'),
+        ),
     ]
     rng = random.Random(20261127)
 
@@ -261,24 +394,37 @@ async def test_randomly_mutated_requests_never_get_a_5xx_or_leak(
             if choice < 0.4:
                 out[spot] = rng.randrange(256)
             elif choice < 0.6:
-                del out[spot:spot + rng.randint(1, 20)]
+                del out[spot : spot + rng.randint(1, 20)]
             elif choice < 0.8:
-                out[spot:spot] = rng.choice([b"\r\n", b"\x00", b":", b" ", b"\xff", b"%",
-                                             b"chunked", b"gzip", b"\r\n\r\n", b"9" * 12])
+                out[spot:spot] = rng.choice(
+                    [
+                        b"\r\n",
+                        b"\x00",
+                        b":",
+                        b" ",
+                        b"\xff",
+                        b"%",
+                        b"chunked",
+                        b"gzip",
+                        b"\r\n\r\n",
+                        b"9" * 12,
+                    ]
+                )
             else:
-                out[spot:spot] = bytes(out[spot:spot + rng.randint(1, 40)])
+                out[spot:spot] = bytes(out[spot : spot + rng.randint(1, 40)])
         return bytes(out)
 
     cases = [mutate(rng.choice(seeds)) for _ in range(150)]
-    answers = await asyncio.gather(*(asyncio.to_thread(exchange, api.port, case)
-                                     for case in cases))
+    answers = await asyncio.gather(*(asyncio.to_thread(exchange, api.port, case) for case in cases))
     secrets = [token, PASSWORD, SESSION_SECRET]
     for case, answer in zip(cases, answers, strict=True):
         if answer.status is None:  # an unfinished head: closed at its deadline, unanswered
             continue
         assert answer.status < 500, (case, answer.raw[:300])
-        assert answer.headers.get("content-type", "").startswith("application/json"), \
-            (case, answer.raw[:300])
+        assert answer.headers.get("content-type", "").startswith("application/json"), (
+            case,
+            answer.raw[:300],
+        )
         if answer.status >= 400:
             for secret in secrets:
                 assert secret.encode() not in answer.raw, case
@@ -286,6 +432,7 @@ async def test_randomly_mutated_requests_never_get_a_5xx_or_leak(
 
 
 # --- slow and idle clients --------------------------------------------------------
+
 
 def closed_within(sock: socket.socket, seconds: float, drip: bytes = b"") -> bool:
     """True when the server closes ``sock`` within ``seconds`` while we drip bytes."""
@@ -305,7 +452,8 @@ def closed_within(sock: socket.socket, seconds: float, drip: bytes = b"") -> boo
 
 
 async def test_a_head_dripped_byte_by_byte_is_cut_off_and_idle_connections_closed(
-        start_api: ApiFactory) -> None:
+    start_api: ApiFactory,
+) -> None:
     api = await start_api(HEADER_TIMEOUT="1", KEEPALIVE_TIMEOUT="2")
     assert api.port is not None
 
@@ -332,13 +480,16 @@ async def test_a_head_dripped_byte_by_byte_is_cut_off_and_idle_connections_close
 
 
 async def test_a_slow_body_gets_408_and_a_hang_up_mid_body_is_no_database_outage(
-        start_api: ApiFactory) -> None:
+    start_api: ApiFactory,
+) -> None:
     api = await start_api(BODY_TIMEOUT="1", HEADER_TIMEOUT="5")
     token = await sign_up(api, "slowbody")
     assert api.port is not None
-    head = request("POST", "/api/user/orders", {"Authorization": f"Bearer {token}",
-                                                "Content-Type": "text/plain",
-                                                "Content-Length": "11"})
+    head = request(
+        "POST",
+        "/api/user/orders",
+        {"Authorization": f"Bearer {token}", "Content-Type": "text/plain", "Content-Length": "11"},
+    )
     slow = await asyncio.to_thread(exchange, api.port, head + b"1234")
     assert slow.status == 408
 
@@ -347,13 +498,16 @@ async def test_a_slow_body_gets_408_and_a_hang_up_mid_body_is_no_database_outage
             with socket.create_connection(("127.0.0.1", api.port)) as sock:
                 sock.sendall(head + b"1234")
                 time.sleep(0.05)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00"
-                                b"\x00\x00\x00\x00")  # RST on close
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )  # RST on close
 
     await asyncio.to_thread(hang_up)
     await asyncio.sleep(0.5)
-    async with aiohttp.ClientSession() as http, \
-            http.get(f"{service_url(api.port)}/metrics") as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{service_url(api.port)}/metrics") as response,
+    ):
         metrics = await response.text()
     assert 'status="503"' not in metrics
     assert_clean_log(api, [token, PASSWORD])
@@ -361,14 +515,16 @@ async def test_a_slow_body_gets_408_and_a_hang_up_mid_body_is_no_database_outage
 
 # --- connection caps and file descriptors ---------------------------------------------
 
+
 @contextmanager
 def held_connections(port: int, source: str, count: int) -> Iterator[list[Answer]]:
     """Open ``count`` idle connections from ``source``; the answers of those refused."""
     refused: list[Answer] = []
     with ExitStack() as stack:
         for _ in range(count):
-            sock = stack.enter_context(socket.create_connection(
-                ("127.0.0.1", port), timeout=5, source_address=(source, 0)))
+            sock = stack.enter_context(
+                socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+            )
             sock.settimeout(0.05)
             try:
                 data = sock.recv(65536)
@@ -382,22 +538,33 @@ def held_connections(port: int, source: str, count: int) -> Iterator[list[Answer
 
 
 async def test_connection_caps_keep_file_descriptors_for_everyone_else(
-        start_api: ApiFactory) -> None:
+    start_api: ApiFactory,
+) -> None:
     # 256 descriptors: the automatic cap leaves 128 for clients, 32 per address here.
-    api = await start_api(nofile=256, MAX_CONNECTIONS_PER_ADDRESS="32", HEADER_TIMEOUT="60",
-                          KEEPALIVE_TIMEOUT="60")
+    api = await start_api(
+        nofile=256, MAX_CONNECTIONS_PER_ADDRESS="32", HEADER_TIMEOUT="60", KEEPALIVE_TIMEOUT="60"
+    )
     assert api.port is not None
     port = api.port
 
     def flood(sources: list[str], count: int) -> tuple[list[Answer], Answer]:
         with ExitStack() as stack:
-            refused = [answer for source in sources for answer in stack.enter_context(
-                held_connections(port, source, count))]
+            refused = [
+                answer
+                for source in sources
+                for answer in stack.enter_context(held_connections(port, source, count))
+            ]
             # Meanwhile a client from a quiet address is served, database included.
-            served = exchange(port, request(
-                "POST", "/api/user/register", {"Content-Type": "application/json"},
-                json.dumps({"login": f"quiet-{len(refused)}", "password": PASSWORD}).encode()),
-                source="127.0.0.200")
+            served = exchange(
+                port,
+                request(
+                    "POST",
+                    "/api/user/register",
+                    {"Content-Type": "application/json"},
+                    json.dumps({"login": f"quiet-{len(refused)}", "password": PASSWORD}).encode(),
+                ),
+                source="127.0.0.200",
+            )
             return refused, served
 
     # One address holding 300 connections keeps 32; the rest are told 429.
@@ -407,8 +574,7 @@ async def test_connection_caps_keep_file_descriptors_for_everyone_else(
     assert served.status == 200
     # Many addresses: the process cap (128) turns the rest away with 503, and
     # nothing runs out of descriptors.
-    refused, served = await asyncio.to_thread(
-        flood, [f"127.0.1.{i}" for i in range(1, 9)], 32)
+    refused, served = await asyncio.to_thread(flood, [f"127.0.1.{i}" for i in range(1, 9)], 32)
     assert {answer.status for answer in refused} == {503}
     assert len(refused) == 8 * 32 - 128
     assert all(answer.headers.get("retry-after") == "1" for answer in refused)
@@ -423,8 +589,8 @@ async def test_connection_caps_keep_file_descriptors_for_everyone_else(
 
 # --- several processes share one throttle ----------------------------------------------
 
-async def test_guesses_spread_over_two_processes_share_one_budget(
-        start_api: ApiFactory) -> None:
+
+async def test_guesses_spread_over_two_processes_share_one_budget(start_api: ApiFactory) -> None:
     first = await start_api("api-1", LOGIN_MAX_FAILURES="10")
     second = await start_api("api-2", LOGIN_MAX_FAILURES="10")
     await sign_up(first, "target")
@@ -433,9 +599,11 @@ async def test_guesses_spread_over_two_processes_share_one_budget(
     # Within the per-address connection cap (64) of each process.
     connector = aiohttp.TCPConnector(limit_per_host=40)
     async with aiohttp.ClientSession(connector=connector) as http:
+
         async def guess(i: int) -> int:
-            async with http.post(f"{urls[i % 2]}/api/user/login",
-                                 json={"login": "target", "password": f"guess-{i}"}) as response:
+            async with http.post(
+                f"{urls[i % 2]}/api/user/login", json={"login": "target", "password": f"guess-{i}"}
+            ) as response:
                 return response.status
 
         statuses = await asyncio.gather(*(guess(i) for i in range(300)))
@@ -447,16 +615,26 @@ async def test_guesses_spread_over_two_processes_share_one_budget(
 
 # --- start-up and ops address -------------------------------------------------------------
 
+
 def test_a_weak_session_secret_stops_the_start(database_uri: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "api"], capture_output=True, timeout=60,
-                          env={"DATABASE_URI": database_uri, "RUN_ADDRESS": "127.0.0.1:0",
-                               "SESSION_SECRET": "changeme", "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-m", "api"],
+        capture_output=True,
+        timeout=60,
+        env={
+            "DATABASE_URI": database_uri,
+            "RUN_ADDRESS": "127.0.0.1:0",
+            "SESSION_SECRET": "changeme",
+            "PATH": "/usr/bin:/bin",
+        },
+    )
     assert done.returncode != 0
     assert b"SESSION_SECRET is too weak: use at least 32 characters" in done.stderr
 
 
 async def test_metrics_and_detailed_readiness_move_to_the_ops_address(
-        start_api: ApiFactory) -> None:
+    start_api: ApiFactory,
+) -> None:
     ops_port = free_port()
     api = await start_api(OPS_ADDRESS=f"127.0.0.1:{ops_port}")
     assert api.port is not None

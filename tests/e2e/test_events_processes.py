@@ -23,12 +23,22 @@ WAIT = 15.0
 @pytest.fixture
 def api(database_uri: str, log_dir: Path) -> Iterator[Service]:
     port = free_port()
-    service = Service("api", "api", {
-        "RUN_ADDRESS": f"127.0.0.1:{port}", "DATABASE_URI": database_uri,
-        "SESSION_SECRET": SESSION_SECRET, "API_PROCESSES": "3", "DB_POOL_MAX": "6",
-        "REGISTER_MAX_PER_ADDRESS": "0",
-        # A stream whose client left ends at its next heartbeat.
-        "EVENTS_HEARTBEAT": "0.5"}, log_dir, port=port)
+    service = Service(
+        "api",
+        "api",
+        {
+            "RUN_ADDRESS": f"127.0.0.1:{port}",
+            "DATABASE_URI": database_uri,
+            "SESSION_SECRET": SESSION_SECRET,
+            "API_PROCESSES": "3",
+            "DB_POOL_MAX": "6",
+            "REGISTER_MAX_PER_ADDRESS": "0",
+            # A stream whose client left ends at its next heartbeat.
+            "EVENTS_HEARTBEAT": "0.5",
+        },
+        log_dir,
+        port=port,
+    )
     try:
         service.start()
     except RuntimeError as exc:
@@ -48,20 +58,21 @@ async def _event(response: aiohttp.ClientResponse) -> bytes:
 
 
 async def test_a_change_reaches_streams_in_every_process_and_the_metric_sums_them(
-        api: Service, pool: asyncpg.Pool) -> None:
+    api: Service, pool: asyncpg.Pool
+) -> None:
     assert api.port is not None
     url = service_url(api.port)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         tokens = []
         for i in range(USERS):
-            async with http.post(f"{url}/api/user/register",
-                                 json={"login": f"u{i}", "password": "e2e-pass-1"}) as r:
+            async with http.post(
+                f"{url}/api/user/register", json={"login": f"u{i}", "password": "e2e-pass-1"}
+            ) as r:
                 assert r.status == 200
                 tokens.append(r.headers["Authorization"])
         streams = []
         for token in tokens:
-            response = await http.get(f"{url}/api/user/events",
-                                      headers={"Authorization": token})
+            response = await http.get(f"{url}/api/user/events", headers={"Authorization": token})
             assert response.status == 200
             assert await _event(response) == b"event: change\ndata: \n\n"
             streams.append(response)
@@ -69,8 +80,9 @@ async def test_a_change_reaches_streams_in_every_process_and_the_metric_sums_the
         async def count() -> str:
             async with http.get(f"{url}/metrics") as r:
                 text = await r.text()
-            return next(line for line in text.splitlines()
-                        if line.startswith("gophermart_event_streams "))
+            return next(
+                line for line in text.splitlines() if line.startswith("gophermart_event_streams ")
+            )
 
         # Other processes' counts reach a scrape within FLUSH_INTERVAL (their snapshots).
         deadline = asyncio.get_running_loop().time() + 5 * FLUSH_INTERVAL
@@ -86,8 +98,11 @@ async def test_a_change_reaches_streams_in_every_process_and_the_metric_sums_the
 
     # Each ended stream leaves an access line that says which process served it.
     def served_by() -> list[int]:
-        return [line["pid"] for line in map(json.loads, _json_lines(api.log()))
-                if line.get("path") == "/api/user/events"]
+        return [
+            line["pid"]
+            for line in map(json.loads, _json_lines(api.log()))
+            if line.get("path") == "/api/user/events"
+        ]
 
     deadline = asyncio.get_running_loop().time() + WAIT
     while len(served_by()) < USERS:

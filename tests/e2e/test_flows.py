@@ -18,8 +18,9 @@ async def _status(system: Stack, token: str, number: str) -> str | None:
     return next((o["status"] for o in orders if o["number"] == number), None)
 
 
-async def _orders_known_and_uploaded(system: Stack, login: str, first: int,
-                                     count: int) -> tuple[str, list[str]]:
+async def _orders_known_and_uploaded(
+    system: Stack, login: str, first: int, count: int
+) -> tuple[str, list[str]]:
     """``count`` purchases of one "Bork" registered in the simulator and uploaded by a user."""
     numbers = [with_check_digit(str(first + i)) for i in range(count)]
     for number in numbers:
@@ -30,38 +31,46 @@ async def _orders_known_and_uploaded(system: Stack, login: str, first: int,
     return token, numbers
 
 
-async def _wait_all_processed(system: Stack, pool: asyncpg.Pool, count: int,
-                              within: float) -> None:
+async def _wait_all_processed(system: Stack, pool: asyncpg.Pool, count: int, within: float) -> None:
     async def all_processed() -> bool:
         done: int = await pool.fetchval(
-            "SELECT count(*) FROM gophermart.orders WHERE status = 'PROCESSED'")
+            "SELECT count(*) FROM gophermart.orders WHERE status = 'PROCESSED'"
+        )
         return done == count
 
-    await eventually(all_processed, within=within, what="every order PROCESSED",
-                     context=system.logs_tail)
+    await eventually(
+        all_processed, within=within, what="every order PROCESSED", context=system.logs_tail
+    )
 
 
 async def test_spec_example_from_rule_to_withdrawal(start_system: SystemFactory) -> None:
     system = await start_system()
     await system.sim_rule("Bork", "5", "%")
-    assert await system.sim_order("12345678903", [("Стиральная машинка LG", "47399.99"),
-                                                  ("Телевизор Bork", "14599.50")]) == 202
+    assert (
+        await system.sim_order(
+            "12345678903", [("Стиральная машинка LG", "47399.99"), ("Телевизор Bork", "14599.50")]
+        )
+        == 202
+    )
     token = await system.register("shopper")
     assert await system.upload(token, "12345678903") == 202
 
     async def processed() -> bool:
         return await _status(system, token, "12345678903") == "PROCESSED"
 
-    await eventually(processed, within=5, what="order PROCESSED",
-                     context=system.logs_tail)
+    await eventually(processed, within=5, what="order PROCESSED", context=system.logs_tail)
     _, orders = await system.get(token, "/api/user/orders")
     assert orders[0]["accrual"] == Decimal("729.98")
     assert await system.get(token, "/api/user/balance") == (
-        200, {"current": Decimal("729.98"), "withdrawn": 0})
+        200,
+        {"current": Decimal("729.98"), "withdrawn": 0},
+    )
     assert await system.withdraw(token, "2377225624", Decimal("500")) == 200
     assert await system.withdraw(token, with_check_digit("777"), Decimal("230")) == 402
     assert await system.get(token, "/api/user/balance") == (
-        200, {"current": Decimal("229.98"), "withdrawn": 500})
+        200,
+        {"current": Decimal("229.98"), "withdrawn": 500},
+    )
     code, withdrawals = await system.get(token, "/api/user/withdrawals")
     assert code == 200
     assert [(w["order"], w["sum"]) for w in withdrawals] == [("2377225624", 500)]
@@ -79,51 +88,65 @@ async def test_order_unknown_to_the_accrual_system_stays_new(start_system: Syste
         stats = await system.sim_stats()
         return int(stats["requests"]) >= 4
 
-    await eventually(asked_about_both_twice, within=10, what="repeated asks",
-                     context=system.logs_tail)
+    await eventually(
+        asked_about_both_twice, within=10, what="repeated asks", context=system.logs_tail
+    )
     assert await _status(system, token, "12345678903") == "NEW"
     assert await _status(system, token, "79927398713") in ("NEW", "PROCESSING")
     assert await system.get(token, "/api/user/balance") == (200, {"current": 0, "withdrawn": 0})
 
 
 async def test_killed_worker_loses_nothing_and_credits_nothing_twice(
-        start_system: SystemFactory, pool: asyncpg.Pool) -> None:
+    start_system: SystemFactory, pool: asyncpg.Pool
+) -> None:
     # Every answer takes 0.5-1 s, so the first worker dies holding leases.
     system = await start_system(
         workers=1,
-        sim_args=("--delay", "0", "--latency-rate", "1", "--latency-min", "0.5",
-                  "--latency-max", "1"),
-        worker_env={"WORKER_LEASE": "2", "WORKER_BATCH_SIZE": "20"})
+        sim_args=(
+            "--delay",
+            "0",
+            "--latency-rate",
+            "1",
+            "--latency-min",
+            "0.5",
+            "--latency-max",
+            "1",
+        ),
+        worker_env={"WORKER_LEASE": "2", "WORKER_BATCH_SIZE": "20"},
+    )
     await system.sim_rule("Bork", "12.5", "pt")
     token, numbers = await _orders_known_and_uploaded(system, "survivor", 40000, 40)
 
     async def leases_held() -> bool:
         held: int = await pool.fetchval(
             "SELECT count(*) FROM gophermart.orders WHERE attempts > 0"
-            " AND status IN ('NEW', 'PROCESSING') AND next_attempt_at > now()")
+            " AND status IN ('NEW', 'PROCESSING') AND next_attempt_at > now()"
+        )
         return held > 0
 
-    await eventually(leases_held, within=10, what="claimed orders",
-                     context=system.logs_tail)
+    await eventually(leases_held, within=10, what="claimed orders", context=system.logs_tail)
     system.workers[0].stop(signal.SIGKILL)
     system.add_worker()
     system.add_worker()
 
     await _wait_all_processed(system, pool, len(numbers), within=40)
-    credits = await pool.fetch("SELECT order_number, count(*) AS n FROM gophermart.ledger"
-                               " WHERE kind = 'accrual' GROUP BY order_number")
+    credits = await pool.fetch(
+        "SELECT order_number, count(*) AS n FROM gophermart.ledger"
+        " WHERE kind = 'accrual' GROUP BY order_number"
+    )
     assert sorted(r["order_number"] for r in credits) == sorted(numbers)
     assert all(r["n"] == 1 for r in credits)
-    assert await system.get(token, "/api/user/balance") == (
-        200, {"current": 500, "withdrawn": 0})
+    assert await system.get(token, "/api/user/balance") == (200, {"current": 500, "withdrawn": 0})
     assert await pool.fetchval("SELECT current FROM gophermart.balances") == Decimal("500.00")
 
 
-async def test_fleet_honours_the_rate_limit_pause(start_system: SystemFactory,
-                                                  pool: asyncpg.Pool) -> None:
+async def test_fleet_honours_the_rate_limit_pause(
+    start_system: SystemFactory, pool: asyncpg.Pool
+) -> None:
     # 8 requests per 2-second window, two workers, 40 orders: several windows.
-    system = await start_system(sim_args=("--delay", "0", "--rate-limit", "8",
-                                          "--rate-window", "2"))
+    system = await start_system(
+        sim_args=("--delay", "0", "--rate-limit", "8", "--rate-window", "2")
+    )
     await system.sim_rule("Bork", "1", "pt")
     token, numbers = await _orders_known_and_uploaded(system, "limited", 50000, 40)
 

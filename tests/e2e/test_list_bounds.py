@@ -24,14 +24,19 @@ async def seed(database_uri: str, login: str, count: int) -> None:
         await conn.execute(
             """INSERT INTO orders (number, user_id, uploaded_at)
                SELECT $1 || g, $2, now() - g * interval '1 ms'
-               FROM generate_series(1, $3) AS g""", f"{user_id}0", user_id, count)
+               FROM generate_series(1, $3) AS g""",
+            f"{user_id}0",
+            user_id,
+            count,
+        )
     finally:
         await conn.close()
 
 
 @contextmanager
-def stalled_reads(port: int, token: str, count: int,
-                  wait_for_start: bool = True) -> Iterator[list[socket.socket]]:
+def stalled_reads(
+    port: int, token: str, count: int, wait_for_start: bool = True
+) -> Iterator[list[socket.socket]]:
     """``count`` list requests whose clients read no more than the status line."""
     sockets = []
     try:
@@ -39,8 +44,10 @@ def stalled_reads(port: int, token: str, count: int,
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect(("127.0.0.1", port))
-            sock.sendall(f"GET /api/user/orders HTTP/1.1\r\nHost: gophermart\r\n"
-                         f"Authorization: {token}\r\n\r\n".encode())
+            sock.sendall(
+                f"GET /api/user/orders HTTP/1.1\r\nHost: gophermart\r\n"
+                f"Authorization: {token}\r\n\r\n".encode()
+            )
             sockets.append(sock)
             if wait_for_start:  # the stream has begun: it holds its slot
                 assert sock.recv(12) == b"HTTP/1.1 200"
@@ -52,8 +59,11 @@ def stalled_reads(port: int, token: str, count: int,
 
 def list_lines(system: Stack) -> list[dict[str, object]]:
     lines = [json.loads(line) for line in system.api.log().splitlines() if line.startswith("{")]
-    return [line for line in lines
-            if line.get("event") == "request" and line.get("path") == "/api/user/orders"]
+    return [
+        line
+        for line in lines
+        if line.get("event") == "request" and line.get("path") == "/api/user/orders"
+    ]
 
 
 def gone(system: Stack) -> list[dict[str, object]]:
@@ -61,7 +71,8 @@ def gone(system: Stack) -> list[dict[str, object]]:
 
 
 async def test_one_customer_streams_at_most_its_share_and_abandoned_lists_stop(
-        start_system: SystemFactory, database_uri: str) -> None:
+    start_system: SystemFactory, database_uri: str
+) -> None:
     # One API process: LIST_CONCURRENCY counts per process.
     system = await start_system(workers=0, api_env={"API_PROCESSES": "1"})
     hoarder = await system.register("hoarder")
@@ -73,8 +84,9 @@ async def test_one_customer_streams_at_most_its_share_and_abandoned_lists_stop(
     with stalled_reads(system.api.port, hoarder, 2):
         # Both slots of LIST_CONCURRENCY=2 are held by readers that read nothing
         # more: the customer's next list is refused at once, with Retry-After.
-        async with system.http.get(f"{system.api_url}/api/user/orders",
-                                   headers={"Authorization": hoarder}) as response:
+        async with system.http.get(
+            f"{system.api_url}/api/user/orders", headers={"Authorization": hoarder}
+        ) as response:
             assert response.status == 429, response.status
             assert response.headers["Retry-After"] == "1"
             assert (await response.json())["error"]
@@ -84,8 +96,9 @@ async def test_one_customer_streams_at_most_its_share_and_abandoned_lists_stop(
         assert (await system.get(other, "/api/user/balance"))[0] == 200
 
     # The readers hung up: their streams stop early and free their slots.
-    await eventually(lambda: _true(len(gone(system)) >= 2), within=30,
-                     what="both abandoned lists logged as 499")
+    await eventually(
+        lambda: _true(len(gone(system)) >= 2), within=30, what="both abandoned lists logged as 499"
+    )
     assert all(0 < int(str(line["items"])) < HUGE for line in gone(system))
     status, orders = await system.get(hoarder, "/api/user/orders")
     assert status == 200 and len(orders) == HUGE
@@ -95,8 +108,9 @@ async def test_one_customer_streams_at_most_its_share_and_abandoned_lists_stop(
     before = len(gone(system))
     with stalled_reads(system.api.port, hoarder, 1, wait_for_start=False):
         pass
-    await eventually(lambda: _true(len(gone(system)) > before), within=30,
-                     what="a hung-up request logged as 499")
+    await eventually(
+        lambda: _true(len(gone(system)) > before), within=30, what="a hung-up request logged as 499"
+    )
     assert int(str(gone(system)[-1].get("items", 0))) < HUGE
     async with system.http.get(f"{system.api_url}/metrics") as response:
         metrics = await response.text()
@@ -104,14 +118,16 @@ async def test_one_customer_streams_at_most_its_share_and_abandoned_lists_stop(
 
 
 async def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(
-        start_system: SystemFactory, database_uri: str) -> None:
+    start_system: SystemFactory, database_uri: str
+) -> None:
     system = await start_system(workers=0, api_env={"SEND_TIMEOUT": "1", "API_PROCESSES": "1"})
     token = await system.register("sleepy")
     await seed(database_uri, "sleepy", HUGE)
     assert system.api.port is not None
     with stalled_reads(system.api.port, token, 2) as sockets:
-        await eventually(lambda: _true(len(gone(system)) >= 2), within=30,
-                         what="stalled readers cut off")
+        await eventually(
+            lambda: _true(len(gone(system)) >= 2), within=30, what="stalled readers cut off"
+        )
         # The server closed the connections: what was sent ends without the whole list.
         for sock in sockets:
             sock.settimeout(10)

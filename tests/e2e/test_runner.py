@@ -35,11 +35,18 @@ class Ports:
 
 
 def _runner(name: str, data: Path, ports: Ports, log_dir: Path, *, wait: bool = True) -> Service:
-    service = Service(name, "stack", {
-        "RUN_ADDRESS": f"127.0.0.1:{ports.api}", "GOPHERMART_DATA_DIR": str(data),
-        "GOPHERMART_LOCAL_PG_PORT": str(ports.pg),
-        "GOPHERMART_SIMULATOR_ADDRESS": f"127.0.0.1:{ports.sim}"}, log_dir,
-        port=ports.api if wait else None)
+    service = Service(
+        name,
+        "stack",
+        {
+            "RUN_ADDRESS": f"127.0.0.1:{ports.api}",
+            "GOPHERMART_DATA_DIR": str(data),
+            "GOPHERMART_LOCAL_PG_PORT": str(ports.pg),
+            "GOPHERMART_SIMULATOR_ADDRESS": f"127.0.0.1:{ports.sim}",
+        },
+        log_dir,
+        port=ports.api if wait else None,
+    )
     service.env.pop("DATABASE_URI", None)
     service.env.pop("ACCRUAL_SYSTEM_ADDRESS", None)
     return service.start()
@@ -90,27 +97,39 @@ def runners() -> Iterator[list[Service]]:
 
 
 async def _register(api_port: int, login: str) -> int:
-    async with aiohttp.ClientSession() as http, http.post(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
             f"{service_url(api_port)}/api/user/register",
-            json={"login": login, "password": PASSWORD}) as response:
+            json={"login": login, "password": PASSWORD},
+        ) as response,
+    ):
         return response.status
 
 
 async def _login(api_port: int, login: str) -> int:
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{service_url(api_port)}/api/user/login",
-            json={"login": login, "password": PASSWORD}) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{service_url(api_port)}/api/user/login", json={"login": login, "password": PASSWORD}
+        ) as response,
+    ):
         return response.status
 
 
 async def test_kill_9_of_the_runner_takes_every_child_down_and_the_next_run_starts_clean(
-        log_dir: Path, ports: Ports, runners: list[Service]) -> None:
+    log_dir: Path, ports: Ports, runners: list[Service]
+) -> None:
     data = log_dir / "data"
     first = _runner("gophermart-1", data, ports, log_dir)
     runners.append(first)
-    async with aiohttp.ClientSession() as http, http.post(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
             f"{service_url(ports.api)}/api/user/register",
-            json={"login": "survivor", "password": PASSWORD}) as response:
+            json={"login": "survivor", "password": PASSWORD},
+        ) as response,
+    ):
         assert response.status == 200
         token = response.headers["Authorization"]
     assert (data / "session.secret").stat().st_mode & 0o777 == 0o600
@@ -122,8 +141,12 @@ async def test_kill_9_of_the_runner_takes_every_child_down_and_the_next_run_star
     async def all_gone() -> bool:
         return not any(_alive(pid) for pid in children.values())
 
-    await eventually(all_gone, within=30, what="every child of the killed runner exits",
-                     context=lambda: str({n: _alive(p) for n, p in children.items()}))
+    await eventually(
+        all_gone,
+        within=30,
+        what="every child of the killed runner exits",
+        context=lambda: str({n: _alive(p) for n, p in children.items()}),
+    )
     assert all(port_is_free(p) for p in (ports.api, ports.pg, ports.sim))
 
     # A postmaster.pid left behind whose pid now belongs to an unrelated live
@@ -133,9 +156,12 @@ async def test_kill_9_of_the_runner_takes_every_child_down_and_the_next_run_star
     runners.append(second)
     assert await _login(ports.api, "survivor") == 200  # same cluster, data kept
     # The session secret is kept too: a token from before the kill still works.
-    async with aiohttp.ClientSession() as http, http.get(
-            f"{service_url(ports.api)}/api/user/balance",
-            headers={"Authorization": token}) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{service_url(ports.api)}/api/user/balance", headers={"Authorization": token}
+        ) as response,
+    ):
         assert response.status == 200
     assert second.stop(signal.SIGINT, timeout=30) == 0, second.log()[-3000:]
     for secret in ("postgres.password", "session.secret"):
@@ -145,27 +171,35 @@ async def test_kill_9_of_the_runner_takes_every_child_down_and_the_next_run_star
 
 
 async def test_sighup_stops_cleanly_and_another_instance_is_refused_in_one_line(
-        log_dir: Path, ports: Ports, runners: list[Service]) -> None:
+    log_dir: Path, ports: Ports, runners: list[Service]
+) -> None:
     data = log_dir / "data"
     first = _runner("gophermart-main", data, ports, log_dir)
     runners.append(first)
     assert first.process is not None
 
     # Same data directory, other ports: the lock answers.
-    again = _runner("gophermart-again", data, Ports(free_port(), free_port(), free_port()),
-                    log_dir, wait=False)
+    again = _runner(
+        "gophermart-again", data, Ports(free_port(), free_port(), free_port()), log_dir, wait=False
+    )
     runners.append(again)
     refusal = _one_line_refusal(again)
-    assert refusal.startswith(f"gophermart: another gophermart (pid {first.process.pid}) is "
-                              "already running with"), refusal
+    assert refusal.startswith(
+        f"gophermart: another gophermart (pid {first.process.pid}) is already running with"
+    ), refusal
     # Another data directory, same API port: the port answers.
-    clash = _runner("gophermart-clash", log_dir / "other", Ports(ports.api, free_port(),
-                                                                 free_port()), log_dir,
-                    wait=False)
+    clash = _runner(
+        "gophermart-clash",
+        log_dir / "other",
+        Ports(ports.api, free_port(), free_port()),
+        log_dir,
+        wait=False,
+    )
     runners.append(clash)
     refusal = _one_line_refusal(clash)
-    assert refusal.startswith(f"gophermart: port {ports.api} (RUN_ADDRESS) is already in use"), \
+    assert refusal.startswith(f"gophermart: port {ports.api} (RUN_ADDRESS) is already in use"), (
         refusal
+    )
     assert not (log_dir / "other" / "postgres").exists()  # refused before anything started
 
     children = _children(first)
@@ -175,7 +209,8 @@ async def test_sighup_stops_cleanly_and_another_instance_is_refused_in_one_line(
 
 
 async def test_the_local_postgresql_wants_the_password_it_keeps_private(
-        log_dir: Path, ports: Ports, runners: list[Service]) -> None:
+    log_dir: Path, ports: Ports, runners: list[Service]
+) -> None:
     data = log_dir / "data"
     runners.append(_runner("gophermart-pg", data, ports, log_dir))
     secret_file = data / "postgres.password"
@@ -185,25 +220,32 @@ async def test_the_local_postgresql_wants_the_password_it_keeps_private(
     password = secret_file.read_text().strip()
     assert len(password) >= 32
 
-    for dsn in (f"postgresql://postgres@127.0.0.1:{ports.pg}/gophermart",
-                f"postgresql://postgres:wrong@127.0.0.1:{ports.pg}/gophermart",
-                f"postgresql://postgres@/gophermart?host={data / 'postgres'}&port={ports.pg}"):
+    for dsn in (
+        f"postgresql://postgres@127.0.0.1:{ports.pg}/gophermart",
+        f"postgresql://postgres:wrong@127.0.0.1:{ports.pg}/gophermart",
+        f"postgresql://postgres@/gophermart?host={data / 'postgres'}&port={ports.pg}",
+    ):
         with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
             await asyncpg.connect(dsn, timeout=5)  # no password, or a wrong one
     conn = await asyncpg.connect(
-        f"postgresql://postgres:{password}@127.0.0.1:{ports.pg}/gophermart", timeout=5)
+        f"postgresql://postgres:{password}@127.0.0.1:{ports.pg}/gophermart", timeout=5
+    )
     try:
         assert await conn.fetchval("SHOW listen_addresses") == "127.0.0.1"
-        assert await conn.fetchval("SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid"
-                                   " WHERE rolname = 'postgres'")
+        assert await conn.fetchval(
+            "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'postgres'"
+        )
     finally:
         await conn.close()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"),
-                    reason="needs root to act as another local user")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("runuser"),
+    reason="needs root to act as another local user",
+)
 async def test_another_local_user_can_neither_connect_nor_read_the_password(
-        log_dir: Path, ports: Ports, runners: list[Service]) -> None:
+    log_dir: Path, ports: Ports, runners: list[Service]
+) -> None:
     data = log_dir / "data"
     data.mkdir()
     data.chmod(0o700)  # private already: the server's user is let through, no more
@@ -214,20 +256,41 @@ async def test_another_local_user_can_neither_connect_nor_read_the_password(
     pwd.getpwnam(other)
     as_other = ["runuser", "-u", other, "--"]
     connect = await asyncio.to_thread(
-        subprocess.run, [*as_other, psql, "-w", "-h", "127.0.0.1", "-p", str(ports.pg),
-                         "-U", "postgres", "-d", "gophermart", "-c", "SELECT 1"],
-        capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+        subprocess.run,
+        [
+            *as_other,
+            psql,
+            "-w",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(ports.pg),
+            "-U",
+            "postgres",
+            "-d",
+            "gophermart",
+            "-c",
+            "SELECT 1",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+    )
     assert connect.returncode != 0
     assert "password" in connect.stderr, connect.stderr
     read = await asyncio.to_thread(
-        subprocess.run, [*as_other, "cat", str(data / "postgres.password")],
-        capture_output=True, text=True)
+        subprocess.run,
+        [*as_other, "cat", str(data / "postgres.password")],
+        capture_output=True,
+        text=True,
+    )
     assert read.returncode != 0 and "Permission denied" in read.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a directory as another user")
 async def test_a_data_dir_owned_by_another_user_is_refused_in_one_line(
-        log_dir: Path, ports: Ports, runners: list[Service]) -> None:
+    log_dir: Path, ports: Ports, runners: list[Service]
+) -> None:
     data = log_dir / "planted"
     data.mkdir()
     nobody = pwd.getpwnam("nobody")
@@ -240,11 +303,13 @@ async def test_a_data_dir_owned_by_another_user_is_refused_in_one_line(
 
 
 async def test_a_postgresql_left_running_on_the_data_dir_is_reported_in_one_line(
-        log_dir: Path, ports: Ports, runners: list[Service]) -> None:
+    log_dir: Path, ports: Ports, runners: list[Service]
+) -> None:
     data = log_dir / "data"
     data.mkdir()
-    leftover = LocalPostgres(data / "postgres", free_port(),
-                             password_file=data / "postgres.password")
+    leftover = LocalPostgres(
+        data / "postgres", free_port(), password_file=data / "postgres.password"
+    )
     await asyncio.to_thread(leftover.start)  # a daemon no runner owns
     try:
         pid = leftover.running_pid()
@@ -252,27 +317,41 @@ async def test_a_postgresql_left_running_on_the_data_dir_is_reported_in_one_line
         runner = _runner("gophermart-stale", data, ports, log_dir, wait=False)
         runners.append(runner)
         refusal = _one_line_refusal(runner)
-        assert refusal.startswith(f"gophermart: a PostgreSQL server (pid {pid}) is still "
-                                  "running on"), refusal
+        assert refusal.startswith(
+            f"gophermart: a PostgreSQL server (pid {pid}) is still running on"
+        ), refusal
         assert _alive(pid)  # reported, not killed
     finally:
         await asyncio.to_thread(leftover.stop)
 
 
 async def test_a_cluster_an_earlier_version_left_on_trust_gets_the_password(
-        log_dir: Path, ports: Ports, runners: list[Service]) -> None:
+    log_dir: Path, ports: Ports, runners: list[Service]
+) -> None:
     data = log_dir / "data"
     old = LocalPostgres(data / "postgres", ports.pg)
     old.root.mkdir(parents=True)
     old._give_away(old.root)
-    await asyncio.to_thread(subprocess.run, old._cmd(
-        str(old.bindir / "initdb"), "-D", str(old.datadir), "-U", "postgres", "--auth=trust",
-        "--no-sync"), check=True, capture_output=True)
+    await asyncio.to_thread(
+        subprocess.run,
+        old._cmd(
+            str(old.bindir / "initdb"),
+            "-D",
+            str(old.datadir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ),
+        check=True,
+        capture_output=True,
+    )
     runners.append(_runner("gophermart-upgrade", data, ports, log_dir))
     assert "trust" not in "".join(
-        line for line in (old.datadir / "pg_hba.conf").read_text().splitlines()
-        if not line.lstrip().startswith("#"))
+        line
+        for line in (old.datadir / "pg_hba.conf").read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    )
     with pytest.raises(asyncpg.InvalidPasswordError):
-        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{ports.pg}/gophermart",
-                              timeout=5)
+        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{ports.pg}/gophermart", timeout=5)
     assert await _register(ports.api, "after-upgrade") == 200

@@ -10,26 +10,43 @@ from tests.processes import Service, free_port, service_url
 
 async def _register_and_upload(api_url: str) -> tuple[int, int]:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{api_url}/api/user/register",
-                             json={"login": "harness", "password": "pw"}) as response:
+        async with http.post(
+            f"{api_url}/api/user/register", json={"login": "harness", "password": "pw"}
+        ) as response:
             assert response.status == 200
             token = response.headers["Authorization"]
-        async with http.post(f"{api_url}/api/user/orders", data="12345678903",
-                             headers={"Authorization": token}) as response:
+        async with http.post(
+            f"{api_url}/api/user/orders", data="12345678903", headers={"Authorization": token}
+        ) as response:
             uploaded = response.status
-        async with http.get(f"{api_url}/api/user/balance",
-                            headers={"Authorization": token}) as response:
+        async with http.get(
+            f"{api_url}/api/user/balance", headers={"Authorization": token}
+        ) as response:
             return uploaded, response.status
 
 
 async def test_harness_drives_the_whole_system_through_one_executable(
-        database_uri: str, log_dir: Path) -> None:
+    database_uri: str, log_dir: Path
+) -> None:
     sim_port, api_port = free_port(), free_port()
-    sim = Service("accrual-sim", "accrual_sim", {"RUN_ADDRESS": f"127.0.0.1:{sim_port}"},
-                  log_dir, port=sim_port).start()
-    stack = Service("gophermart", "stack", {
-        "RUN_ADDRESS": f"localhost:{api_port}", "DATABASE_URI": database_uri,
-        "ACCRUAL_SYSTEM_ADDRESS": f"localhost:{sim_port}"}, log_dir, port=api_port)
+    sim = Service(
+        "accrual-sim",
+        "accrual_sim",
+        {"RUN_ADDRESS": f"127.0.0.1:{sim_port}"},
+        log_dir,
+        port=sim_port,
+    ).start()
+    stack = Service(
+        "gophermart",
+        "stack",
+        {
+            "RUN_ADDRESS": f"localhost:{api_port}",
+            "DATABASE_URI": database_uri,
+            "ACCRUAL_SYSTEM_ADDRESS": f"localhost:{sim_port}",
+        },
+        log_dir,
+        port=api_port,
+    )
     try:
         stack.start()
         assert await _register_and_upload(service_url(api_port)) == (202, 200)
@@ -42,18 +59,27 @@ async def test_harness_drives_the_whole_system_through_one_executable(
 
 async def test_without_database_or_accrual_it_starts_its_own(log_dir: Path) -> None:
     api_port, pg_port, sim_port = free_port(), free_port(), free_port()
-    stack = Service("gophermart-local", "stack", {
-        "RUN_ADDRESS": f"127.0.0.1:{api_port}",
-        "GOPHERMART_DATA_DIR": str(log_dir / "data"),
-        "GOPHERMART_LOCAL_PG_PORT": str(pg_port),
-        "GOPHERMART_SIMULATOR_ADDRESS": f"127.0.0.1:{sim_port}"}, log_dir, port=api_port)
+    stack = Service(
+        "gophermart-local",
+        "stack",
+        {
+            "RUN_ADDRESS": f"127.0.0.1:{api_port}",
+            "GOPHERMART_DATA_DIR": str(log_dir / "data"),
+            "GOPHERMART_LOCAL_PG_PORT": str(pg_port),
+            "GOPHERMART_SIMULATOR_ADDRESS": f"127.0.0.1:{sim_port}",
+        },
+        log_dir,
+        port=api_port,
+    )
     stack.env.pop("DATABASE_URI", None)
     stack.env.pop("ACCRUAL_SYSTEM_ADDRESS", None)
     try:
         stack.start()
         assert await _register_and_upload(service_url(api_port)) == (202, 200)
-        async with aiohttp.ClientSession() as http, \
-                http.get(f"{service_url(sim_port)}/api/stats") as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{service_url(sim_port)}/api/stats") as response,
+        ):
             assert response.status == 200
             assert (await response.json())["rules_known"] >= 2  # seeded demo rules
         assert stack.stop(signal.SIGINT, timeout=20) == 0, stack.log()[-3000:]
