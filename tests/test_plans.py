@@ -221,6 +221,8 @@ def test_statements_are_discovered() -> None:
         "users.CREDENTIALS",
         "queue.CLAIM",
         "queue.APPLY",
+        "gate.RECORD_PAUSE",
+        "gate.RESERVE_SLOTS",
     ):
         assert name in STATEMENTS, sorted(STATEMENTS)
 

@@ -1,10 +1,11 @@
-"""The worker's SQL (db/queue.py) against a real PostgreSQL: claims, leases, applying answers."""
+"""The worker's SQL (db/queue.py, db/gate.py) on a real PostgreSQL: claims, answers, the gate."""
 
 import asyncio
 from decimal import Decimal
 
 import asyncpg
 
+from db import gate as db_gate
 from db import queue
 from tests.worker_support import add_order, make_user, order_row
 
@@ -224,8 +225,10 @@ async def test_a_stale_non_final_answer_does_not_override_a_newer_lease(pool: as
 async def test_nothing_is_claimed_while_the_gate_is_paused(pool: asyncpg.Pool) -> None:
     user = await make_user(pool)
     await add_order(pool, user, NUMBERS[0])
-    state = await queue.record_pause(pool, seconds=0.5, rate_per_minute=120)
+    state = await db_gate.record_pause(pool, seconds=0.5, rate_per_minute=120)
     assert 0.4 < state.pause_left <= 0.5 and state.rate_per_minute == 120
+    read = await db_gate.read_gate(pool)  # what a starting worker learns
+    assert 0 < read.pause_left <= state.pause_left and read.rate_per_minute == 120
     paused = await queue.claim(pool, limit=10, lease=30)
     assert paused.orders == []
     assert 0 < paused.gate.pause_left <= 0.5 and paused.gate.rate_per_minute == 120
@@ -238,13 +241,13 @@ async def test_a_pause_is_never_shortened_and_is_notified(
 ) -> None:
     listener = await asyncpg.connect(database_uri)
     heard: asyncio.Queue[str] = asyncio.Queue()
-    await listener.add_listener(queue.PAUSE_CHANNEL, lambda *args: heard.put_nowait(args[3]))
+    await listener.add_listener(db_gate.PAUSE_CHANNEL, lambda *args: heard.put_nowait(args[3]))
     try:
-        await queue.record_pause(pool, seconds=10, rate_per_minute=None)
-        shorter = await queue.record_pause(pool, seconds=1, rate_per_minute=50)
+        await db_gate.record_pause(pool, seconds=10, rate_per_minute=None)
+        shorter = await db_gate.record_pause(pool, seconds=1, rate_per_minute=50)
         assert shorter.pause_left > 9 and shorter.rate_per_minute == 50
-        first = queue.parse_pause_payload(await asyncio.wait_for(heard.get(), 2))
-        second = queue.parse_pause_payload(await asyncio.wait_for(heard.get(), 2))
+        first = db_gate.parse_pause_payload(await asyncio.wait_for(heard.get(), 2))
+        second = db_gate.parse_pause_payload(await asyncio.wait_for(heard.get(), 2))
     finally:
         await listener.close()
     assert first is not None and first.rate_per_minute is None and first.pause_left > 9
@@ -254,21 +257,21 @@ async def test_a_pause_is_never_shortened_and_is_notified(
 async def test_an_announced_limit_outlives_the_pause_it_came_with(pool: asyncpg.Pool) -> None:
     # A pause of 20 s and a limit believed for 5 s: the limit must still hold
     # when the pause ends, or the fleet leaves the pause in an unpaced burst.
-    state = await queue.record_pause(pool, seconds=20, rate_per_minute=1, rate_ttl=5)
+    state = await db_gate.record_pause(pool, seconds=20, rate_per_minute=1, rate_ttl=5)
     assert 19 < state.pause_left <= 20
     assert 24 < state.rate_left <= 25
     # A later 429 without a limit extends a limit still in force to its own pause's end.
     await pool.execute("UPDATE accrual_gate SET rate_until = now() + interval '1 second'")
-    state = await queue.record_pause(pool, seconds=30, rate_per_minute=None)
+    state = await db_gate.record_pause(pool, seconds=30, rate_per_minute=None)
     assert state.rate_per_minute == 1 and state.rate_left >= state.pause_left > 29
 
 
 async def test_slots_are_shared_across_reservations_and_start_after_a_pause(
     pool: asyncpg.Pool,
 ) -> None:
-    first = await queue.reserve_slots(pool, count=3, interval=0.5)
-    second = await queue.reserve_slots(pool, count=2, interval=0.5)
+    first = await db_gate.reserve_slots(pool, count=3, interval=0.5)
+    second = await db_gate.reserve_slots(pool, count=2, interval=0.5)
     assert -0.05 < first <= 0.01
     assert 1.4 < second - first < 1.6  # right after the three slots reserved before
-    await queue.record_pause(pool, seconds=10, rate_per_minute=60)
-    assert 9.5 < await queue.reserve_slots(pool, count=1, interval=0.5) <= 10
+    await db_gate.record_pause(pool, seconds=10, rate_per_minute=60)
+    assert 9.5 < await db_gate.reserve_slots(pool, count=1, interval=0.5) <= 10

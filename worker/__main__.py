@@ -10,7 +10,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from db import queue
+from db.executor import Executor
 from db.migrate import SchemaTooNew, migrate_when_ready, schema_problem
 from shared.logs import configure
 from shared.ops import database_ready, ops_app, start_ops_server
@@ -132,8 +132,8 @@ async def _start_ops(
 
 async def _run(
     settings: WorkerSettings,
-    pool: queue.Executor,
-    gate_pool: queue.Executor,
+    pool: Executor,
+    gate_pool: Executor,
     session: aiohttp.ClientSession,
     stats: WorkerStats,
     stopping: asyncio.Event,

@@ -18,13 +18,14 @@ from typing import Any
 
 import asyncpg
 
+from db import gate as db_gate
 from db import queue
 from shared.jsonio import dumps
 from shared.pg import SCHEMA
 
 
 async def _gate_show(conn: asyncpg.Connection) -> dict[str, Any]:
-    report = await queue.gate_report(conn)
+    report = await db_gate.gate_report(conn)
     return {
         "gate": {
             **asdict(report),
@@ -36,7 +37,7 @@ async def _gate_show(conn: asyncpg.Connection) -> dict[str, Any]:
 
 async def _gate_reset(conn: asyncpg.Connection) -> dict[str, Any]:
     before = await _gate_show(conn)
-    released = await queue.reset_gate(conn)
+    released = await db_gate.reset_gate(conn)
     return {
         "reset": True,
         "released_orders": released,

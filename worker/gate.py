@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from db import queue
+from db import gate as db_gate
+from db.executor import Executor
 from worker.stats import WorkerStats
 
 log = structlog.get_logger(__name__)
@@ -51,7 +52,7 @@ class GatePolicy:
 class Gate:
     def __init__(
         self,
-        db: queue.Executor,
+        db: Executor,
         stats: WorkerStats,
         *,
         policy: GatePolicy | None = None,
@@ -91,7 +92,7 @@ class Gate:
             self._slots.clear()
             self._stats.gate(self.pause_left(), None)
 
-    def note(self, state: queue.GateState) -> None:
+    def note(self, state: db_gate.GateState) -> None:
         """Learn the gate's state (from a claim, a notification or our own 429).
 
         A pause only ever grows here (a claim that started before a 429 must
@@ -148,7 +149,7 @@ class Gate:
         # Stop our own calls at once; a 429 without a rate keeps the one we know.
         # As in PostgreSQL, a limit holds until rate_ttl after the pause's end.
         self.note(
-            queue.GateState(
+            db_gate.GateState(
                 seconds,
                 rate if rate is not None else self._rate,
                 max(self._rate_until - self._clock(), seconds)
@@ -160,7 +161,7 @@ class Gate:
             return
         self._stats.paused()
         self.note(
-            await queue.record_pause(
+            await db_gate.record_pause(
                 self._db,
                 seconds=seconds,
                 rate_per_minute=rate,
@@ -188,7 +189,7 @@ class Gate:
                 if not self._slots:
                     most = max(1, math.ceil(_RESERVE_HORIZON / interval))
                     count = min(self._waiters, most)
-                    first_in = await queue.reserve_slots(self._db, count=count, interval=interval)
+                    first_in = await db_gate.reserve_slots(self._db, count=count, interval=interval)
                     base = self._clock() + first_in
                     self._slots.extend(base + i * interval for i in range(count))
                 slot = self._slots[0]

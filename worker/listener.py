@@ -15,6 +15,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
+from db import gate as db_gate
 from db import queue
 
 log = structlog.get_logger(__name__)
@@ -26,7 +27,7 @@ class Listener:
         dsn: str,
         *,
         on_new_order: Callable[[], None],
-        on_pause: Callable[[queue.GateState], None],
+        on_pause: Callable[[db_gate.GateState], None],
         on_reset: Callable[[], None] | None = None,
         check_interval: float = 5.0,
         timeout: float = 5.0,
@@ -78,7 +79,7 @@ class Listener:
         if self._stopping:
             return
         conn.add_termination_listener(lambda _conn: self._kick.set())
-        await conn.add_listener(queue.PAUSE_CHANNEL, self._pause_notified)
+        await conn.add_listener(db_gate.PAUSE_CHANNEL, self._pause_notified)
         await conn.add_listener(queue.NEW_ORDER_CHANNEL, self._order_notified)
         self.connects += 1
         self.connected.set()
@@ -102,11 +103,11 @@ class Listener:
         self, _conn: object, _pid: object, _channel: object, payload: object
     ) -> None:
         text = str(payload)
-        if text == queue.RESET_PAYLOAD:
+        if text == db_gate.RESET_PAYLOAD:
             if self._on_reset is not None:
                 self._on_reset()
             return
-        state = queue.parse_pause_payload(text)
+        state = db_gate.parse_pause_payload(text)
         if state is not None:
             self._on_pause(state)
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
+from db import gate as db_gate
 from db import queue
+from db.executor import Executor
 from worker.accrual_client import (
     AccrualClient,
     Answer,
@@ -66,7 +68,7 @@ class LoopConfig:
 class Worker:
     def __init__(
         self,
-        db: queue.Executor,
+        db: Executor,
         client: AccrualClient,
         gate: Gate,
         stats: WorkerStats,
@@ -105,7 +107,7 @@ class Worker:
     async def run(self) -> None:
         # Learn a pause or a limit before the first claim sizes its batch by them.
         with contextlib.suppress(*queue.DB_ERRORS):
-            self._gate.note(await queue.read_gate(self._db))
+            self._gate.note(await db_gate.read_gate(self._db))
         applier = asyncio.create_task(self._apply_loop(), name="accrual-applier")
         try:
             await self._claim_loop()
