@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,6 +23,7 @@ from shared import logs
 from shared.localpg import LocalPostgres, throwaway
 from shared.pg import create_pool
 from shared.settings import ApiSettings
+from tests.helpers import SECRET
 
 TEMPLATE = "gophermart_template"
 _counter = itertools.count()
@@ -121,8 +121,6 @@ async def pool(database_uri: str) -> AsyncIterator[asyncpg.Pool]:
 
 # --- the API server, in-process --------------------------------------------
 
-SECRET = "test-session-secret-8c41f0d2e9b7a536"
-
 
 @pytest.fixture
 def api_settings(database_uri: str) -> ApiSettings:
@@ -138,35 +136,3 @@ def api_settings(database_uri: str) -> ApiSettings:
 async def client(api_settings: ApiSettings, aiohttp_client: Any) -> TestClient:
     app = create_app(api_settings)
     return cast(TestClient, await aiohttp_client(app))
-
-
-async def register(client: TestClient, login: str, password: str = "secret-pass") -> str:
-    """Register a user and return the ``Authorization`` header value handed out."""
-    response = await client.post("/api/user/register", json={"login": login, "password": password})
-    assert response.status == 200, await response.text()
-    return response.headers["Authorization"]
-
-
-async def credit(pool: asyncpg.Pool, user_login: str, amount: str, order: str) -> None:
-    """Credit points the way the worker does: a ledger entry and the balance, together."""
-    async with pool.acquire() as conn, conn.transaction():
-        user_id = await conn.fetchval("SELECT id FROM users WHERE login = $1", user_login)
-        await conn.execute(
-            "INSERT INTO orders (number, user_id, status, accrual) "
-            "VALUES ($1, $2, 'PROCESSED', $3)",
-            order,
-            user_id,
-            Decimal(amount),
-        )
-        await conn.execute(
-            "INSERT INTO ledger (user_id, kind, order_number, amount) "
-            "VALUES ($1, 'accrual', $2, $3)",
-            user_id,
-            order,
-            Decimal(amount),
-        )
-        await conn.execute(
-            "UPDATE balances SET current = current + $2 WHERE user_id = $1",
-            user_id,
-            Decimal(amount),
-        )

@@ -5,7 +5,6 @@ alike, so it depends on no pytest fixture. Every HTTP helper returns the status 
 instead of asserting, because under faults the caller decides what is allowed.
 """
 
-import asyncio
 import contextlib
 import json
 import signal
@@ -251,31 +250,5 @@ class Stack:
             return response.status, body
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]],
-    *,
-    within: float,
-    what: str,
-    every: float = 0.1,
-    context: Callable[[], str] | None = None,
-) -> float:
-    """Poll ``check`` until true; the seconds it took. Fails after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while not await check():
-        if loop.time() - started > within:
-            detail = f"\n{context()}" if context else ""
-            raise AssertionError(f"{what}: not reached within {within} s{detail}")
-        await asyncio.sleep(every)
-    return loop.time() - started
-
-
-def leaked_secrets(logs: dict[str, str], secrets: Iterable[str]) -> list[tuple[str, str]]:
-    """(process, secret) for every secret found in a process's log; `$argon2id$` always."""
-    needles = {s for s in secrets if s} | {"$argon2id$"}
-    return [
-        (name, needle)
-        for name, text in logs.items()
-        for needle in sorted(needles)
-        if needle in text
-    ]
+# What the end-to-end tests' ``start_system`` fixture hands out: Stack.start's options in.
+SystemFactory = Callable[..., Awaitable["Stack"]]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import register
+from tests.helpers import register
 
 
 def _lines(path: Path) -> list[dict[str, object]]:

@@ -16,7 +16,7 @@ from api.auth import COOKIE_NAME
 from api.passwords import MEMORY_COST_KIB, PARALLELISM, TIME_COST, Passwords
 from api.sessions import fernet_key
 from shared.settings import ApiSettings
-from tests.conftest import SECRET, register
+from tests.helpers import SECRET, register
 
 PROTECTED = [
     ("GET", "/api/user/orders"),

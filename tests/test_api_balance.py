@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from shared.luhn import with_check_digit
-from tests.conftest import credit, register
+from tests.helpers import credit, register
 
 
 async def withdraw(client: TestClient, token: str, order: str, amount: object) -> int:

@@ -19,7 +19,7 @@ from api.passwords import HashingBusy, HashQueue, Work
 from api.state import PASSWORDS
 from shared.luhn import with_check_digit
 from shared.settings import ApiSettings
-from tests.conftest import credit, register
+from tests.helpers import credit, register
 
 WITHDRAW = "/api/user/balance/withdraw"
 

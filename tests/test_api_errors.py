@@ -5,7 +5,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from db import balance as balance_queries
-from tests.conftest import register
+from tests.helpers import register
 
 
 async def test_unexpected_error_is_json_500_without_details(

@@ -14,8 +14,7 @@ from api.app import create_app
 from api.events import EVENTS
 from db import events
 from shared.settings import ApiSettings
-from tests.conftest import register
-from tests.system import eventually
+from tests.helpers import eventually, register
 
 WAIT = 10.0  # seconds a test waits for an event that must come
 

@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import credit, register
+from tests.helpers import credit, register
 
 REGISTER = "/api/user/register"
 LOGIN = "/api/user/login"

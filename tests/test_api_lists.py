@@ -13,7 +13,7 @@ from api.app import create_app
 from db.pages import PAGE_ROWS, Cursor
 from shared.jsonio import dumps
 from shared.settings import ApiSettings
-from tests.conftest import SECRET, register
+from tests.helpers import SECRET, register
 
 _NEXT = re.compile(r'^<([^>]+)>; rel="next"$')
 

@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from shared.luhn import with_check_digit
-from tests.conftest import register
+from tests.helpers import register
 
 
 async def upload(

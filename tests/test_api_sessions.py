@@ -14,7 +14,7 @@ from api.metrics import METRICS
 from api.sessions import MISS, Session, VerifiedTokens
 from api.state import SESSIONS
 from shared.settings import ApiSettings
-from tests.conftest import register
+from tests.helpers import register
 
 PASSWORD = "secret-pass"
 NEW_PASSWORD = "new-secret-pass"

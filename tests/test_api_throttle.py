@@ -16,7 +16,7 @@ from api.app import create_app
 from api.throttle import address_key
 from db import throttle
 from shared.settings import ApiSettings
-from tests.conftest import register
+from tests.helpers import register
 
 LOGIN = "/api/user/login"
 

@@ -10,7 +10,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from shared.luhn import with_check_digit
-from tests.conftest import credit, register
+from tests.helpers import credit, register
 
 
 async def test_invariants_hold_under_concurrent_uploads_and_withdrawals(

@@ -11,7 +11,7 @@ from api.app import create_app
 from api.metrics import ApiMetrics
 from api.state import POOL
 from shared.settings import ApiSettings
-from tests.conftest import credit, register
+from tests.helpers import credit, register
 from worker.stats import WorkerStats, accrual_outcome
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

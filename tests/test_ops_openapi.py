@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from api.app import create_app
 from api.openapi import document
 from shared.settings import ApiSettings
-from tests.conftest import SECRET, credit, register
+from tests.helpers import SECRET, credit, register
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 

@@ -8,7 +8,7 @@ from aiohttp.test_utils import TestClient
 from api.app import create_app
 from shared.localpg import LocalPostgres
 from shared.settings import ApiSettings
-from tests.conftest import SECRET
+from tests.helpers import SECRET
 
 
 async def test_api_answers_503_while_the_database_is_down_then_recovers(

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.worker_support import FakeAccrual, json_reply
+from tests.worker_harness import FakeAccrual, json_reply
 from worker.accrual_client import (
     AccrualClient,
     Deferred,

@@ -9,8 +9,9 @@ unknown orders another user holds.
 import asyncpg
 
 from db import queue
+from tests.helpers import add_order, eventually, make_user
 from tests.hostile_accrual import HostileAccrual
-from tests.worker_support import add_order, eventually, make_user, running_worker
+from tests.worker_harness import running_worker
 from worker.schedule import Backoff
 
 

@@ -6,8 +6,9 @@ import itertools
 import asyncpg
 from aiohttp import web
 
-from tests.worker_support import FakeAccrual, add_order, eventually, json_reply, make_user
-from tests.worker_support import running_worker as worker
+from tests.helpers import add_order, eventually, make_user
+from tests.worker_harness import FakeAccrual, json_reply
+from tests.worker_harness import running_worker as worker
 
 NUMBERS = [f"{i:04d}" for i in range(1, 41)]
 

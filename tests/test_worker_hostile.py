@@ -25,8 +25,9 @@ import structlog
 from aiohttp.test_utils import TestServer
 
 from shared.money import MAX_AMOUNT
+from tests.helpers import add_order, eventually, make_user
 from tests.hostile_accrual import BOMB_BYTES, HostileAccrual
-from tests.worker_support import add_order, eventually, make_user, running_worker
+from tests.worker_harness import running_worker
 from worker.accrual_client import (
     AccrualClient,
     MalformedAnswer,
@@ -272,7 +273,7 @@ async def test_429s_that_keep_coming_double_the_pause_up_to_the_ceiling(
                 pauses.append(length)
             return length == pytest.approx(0.8, abs=0.01)
 
-        await eventually(at_the_ceiling, within=10, step=0.01)
+        await eventually(at_the_ceiling, within=10, every=0.01)
     strikes = await pool.fetchval("SELECT strikes FROM accrual_gate")
     assert strikes >= 4  # 0.1, 0.2, 0.4, 0.8: each 429 right after a pause doubled it
     assert pauses == sorted(pauses)  # never shorter

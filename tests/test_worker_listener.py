@@ -5,15 +5,8 @@ import asyncio
 import asyncpg
 
 from shared.localpg import LocalPostgres
-from tests.worker_support import (
-    FakeAccrual,
-    add_order,
-    eventually,
-    json_reply,
-    make_user,
-    running_worker,
-    status_of,
-)
+from tests.helpers import add_order, eventually, make_user, status_of
+from tests.worker_harness import FakeAccrual, json_reply, running_worker
 from worker.listener import Listener
 
 KILL_LISTENER = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"

@@ -7,16 +7,8 @@ from decimal import Decimal
 import asyncpg
 from aiohttp import web
 
-from tests.worker_support import (
-    FakeAccrual,
-    add_order,
-    eventually,
-    json_reply,
-    make_user,
-    order_row,
-    running_worker,
-    status_of,
-)
+from tests.helpers import add_order, eventually, make_user, order_row, status_of
+from tests.worker_harness import FakeAccrual, json_reply, running_worker
 from worker.schedule import Backoff
 
 PROCESSED, INVALID, PROCESSING, REGISTERED, UNKNOWN = (

@@ -8,7 +8,8 @@ import pytest
 
 from shared.localpg import LocalPostgres
 from shared.settings import WorkerSettings, load
-from tests.worker_support import FakeAccrual, add_order, eventually, json_reply, make_user
+from tests.helpers import add_order, eventually, make_user
+from tests.worker_harness import FakeAccrual, json_reply
 from worker.__main__ import main, serve
 
 

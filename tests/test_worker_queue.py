@@ -7,7 +7,7 @@ import asyncpg
 
 from db import gate as db_gate
 from db import queue
-from tests.worker_support import add_order, make_user, order_row
+from tests.helpers import add_order, make_user, order_row
 
 NUMBERS = [
     f"{n}"

@@ -10,9 +10,9 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
 from shared.luhn import with_check_digit
-from tests.browser.conftest import Page, open_page
-from tests.conftest import credit
-from tests.system import Stack, leaked_secrets
+from tests.browser.page import Page, open_page
+from tests.helpers import credit, leaked_secrets
+from tests.system import Stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

@@ -32,7 +32,8 @@ import asyncpg
 
 from shared.localpg import LocalPostgres
 from shared.luhn import with_check_digit
-from tests.system import SESSION_SECRET, Stack, eventually, expected_accrual, leaked_secrets
+from tests.helpers import eventually, leaked_secrets
+from tests.system import SESSION_SECRET, Stack, expected_accrual
 
 # Goods that earn (the rules in tests.system.RULES) and one that earns nothing.
 _EARNING = (

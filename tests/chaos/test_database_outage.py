@@ -12,7 +12,8 @@ import pytest
 
 from shared.localpg import LocalPostgres
 from shared.luhn import with_check_digit
-from tests.system import SESSION_SECRET, Stack, eventually, leaked_secrets
+from tests.helpers import eventually, leaked_secrets
+from tests.system import SESSION_SECRET, Stack
 
 pytestmark = pytest.mark.e2e
 

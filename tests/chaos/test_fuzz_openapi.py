@@ -15,9 +15,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import credit
+from tests.helpers import credit, leaked_secrets
 from tests.processes import Service, free_port, service_url
-from tests.system import SESSION_SECRET, leaked_secrets
+from tests.system import SESSION_SECRET
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("schemathesis")  # a dev extra

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from api.auth import COOKIE_NAME
-from tests.conftest import credit, register
+from tests.helpers import credit, register
 
 # Every GET endpoint that answers with a user's data.
 USER_GETS = (

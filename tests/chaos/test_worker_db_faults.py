@@ -5,15 +5,8 @@ from typing import Any
 
 import asyncpg
 
-from tests.worker_support import (
-    FakeAccrual,
-    add_order,
-    eventually,
-    json_reply,
-    make_user,
-    running_worker,
-    status_of,
-)
+from tests.helpers import add_order, eventually, make_user, status_of
+from tests.worker_harness import FakeAccrual, json_reply, running_worker
 
 
 class Glitchy:

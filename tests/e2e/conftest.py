@@ -1,15 +1,13 @@
 """End-to-end fixtures: PostgreSQL, accrual-sim, gophermart-api and workers as real processes."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.system import Stack
+from tests.system import Stack, SystemFactory
 
 pytestmark = pytest.mark.e2e
-
-SystemFactory = Callable[..., Awaitable[Stack]]
 
 
 @pytest.fixture

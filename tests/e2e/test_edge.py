@@ -24,8 +24,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.helpers import leaked_secrets
 from tests.processes import Service, free_port, service_url
-from tests.system import SESSION_SECRET, leaked_secrets
+from tests.system import SESSION_SECRET
 
 pytestmark = pytest.mark.e2e
 

@@ -6,9 +6,9 @@ from decimal import Decimal
 import asyncpg
 
 from shared.luhn import with_check_digit
-from tests.e2e.conftest import SystemFactory
+from tests.helpers import eventually
 from tests.processes import Service
-from tests.system import Stack, eventually
+from tests.system import Stack, SystemFactory
 
 
 async def _status(system: Stack, token: str, number: str) -> str | None:

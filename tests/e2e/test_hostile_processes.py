@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 
 from shared.luhn import with_check_digit
-from tests.e2e.conftest import SystemFactory
-from tests.system import eventually
+from tests.helpers import eventually
+from tests.system import SystemFactory
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 
 import asyncpg
 
-from tests.e2e.conftest import SystemFactory
-from tests.system import Stack, eventually
+from tests.helpers import eventually
+from tests.system import Stack, SystemFactory
 
 HUGE = 100_000  # ~11 MB of JSON: more than the loopback socket buffers hold
 

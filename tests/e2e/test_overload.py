@@ -13,8 +13,8 @@ from decimal import Decimal
 import asyncpg
 
 from shared.luhn import with_check_digit
-from tests.e2e.conftest import SystemFactory
-from tests.system import Stack, eventually
+from tests.helpers import eventually
+from tests.system import Stack, SystemFactory
 
 # One API process: the pool and the shares below are that process's.
 OVERLOAD_ENV = {

@@ -20,8 +20,8 @@ import asyncpg
 import pytest
 
 from shared.localpg import LocalPostgres, find_bindir, port_is_free
+from tests.helpers import eventually
 from tests.processes import Service, free_port, service_url
-from tests.system import eventually
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "e2e-password-5d0b"

@@ -12,8 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.helpers import eventually, leaked_secrets
 from tests.processes import Service, free_port, service_url
-from tests.system import SESSION_SECRET, eventually, leaked_secrets
+from tests.system import SESSION_SECRET
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "e2e-password-5d0b"

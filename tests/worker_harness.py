@@ -1,4 +1,4 @@
-"""Helpers for the worker tests: a scriptable fake accrual system and a worker harness."""
+"""A worker running in-process (with its listener) and a scriptable fake accrual system."""
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,48 +49,6 @@ class FakeAccrual:
 
     def asked(self, number: str) -> int:
         return sum(1 for _, n in self.requests if n == number)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], within: float = 5.0, step: float = 0.02
-) -> None:
-    """Wait until ``check()`` holds, failing after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(step)
-
-
-async def make_user(pool: asyncpg.Pool, login: str = "alice") -> int:
-    user_id: int = await pool.fetchval(
-        "INSERT INTO users (login, password_hash) VALUES ($1, 'x') RETURNING id", login
-    )
-    await pool.execute("INSERT INTO balances (user_id) VALUES ($1)", user_id)
-    return user_id
-
-
-async def add_order(pool: asyncpg.Pool, user_id: int, number: str) -> int:
-    order_id: int = await pool.fetchval(
-        "INSERT INTO orders (number, user_id) VALUES ($1, $2) RETURNING id", number, user_id
-    )
-    return order_id
-
-
-async def order_row(pool: asyncpg.Pool, number: str) -> asyncpg.Record:
-    row = await pool.fetchrow(
-        "SELECT status, accrual, attempts, extract(epoch FROM next_attempt_at - now())::float8"
-        " AS due_in FROM orders WHERE number = $1",
-        number,
-    )
-    assert row is not None
-    return row
-
-
-async def status_of(pool: asyncpg.Pool, number: str) -> str:
-    status: str = await pool.fetchval("SELECT status FROM orders WHERE number = $1", number)
-    return status
 
 
 @dataclass
