@@ -1,6 +1,5 @@
 """``accrual-sim``: run the accrual system simulator until SIGINT or SIGTERM."""
 
-import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -12,15 +11,8 @@ from accrual_sim.rules import InvalidPayload
 from accrual_sim.settings import load
 from shared.jsonio import JSONInputError
 from shared.logs import configure
+from shared.runner import new_event_loop
 from shared.settings import split_host_port
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # uvloop is optional (not on Windows)
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -55,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print=None,
         shutdown_timeout=2.0,
         backlog=1024,
-        loop=_event_loop(),
+        loop=new_event_loop(),
     )
     log.info("stopped")
 

@@ -1,6 +1,5 @@
 """``gophermart-api``: run the API server (one process, or several on one port)."""
 
-import asyncio
 import os
 import signal
 import sys
@@ -14,17 +13,10 @@ from api.server import serve_until_stopped
 from api.supervisor import PARENT_PIPE_ENV, process_count, supervise, watch_parent
 from db.migrate import SchemaTooNew
 from shared import logs
+from shared.runner import run
 from shared.settings import ApiSettings, load
 
 log = structlog.get_logger("api")
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 async def _stop_with_supervisor(_: web.Application) -> AsyncIterator[None]:
@@ -42,14 +34,11 @@ def serve(settings: ApiSettings, *, child: bool) -> None:
         app.cleanup_ctx.insert(0, _stop_with_supervisor)
     log.info("starting", address=settings.run_address)
     # The socket listens once start-up (migrations, pool) is done.
-    loop = _event_loop()
     try:
-        loop.run_until_complete(serve_until_stopped(app, settings, reuse_port=child))
+        run(serve_until_stopped(app, settings, reuse_port=child))
     except SchemaTooNew as exc:
         log.error("refusing to start", reason=str(exc))
         sys.exit(f"gophermart-api: {exc}")
-    finally:
-        loop.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

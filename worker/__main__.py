@@ -15,6 +15,7 @@ from db.migrate import SchemaTooNew, migrate_when_ready, schema_problem
 from shared.logs import configure
 from shared.ops import database_ready, ops_app, start_ops_server
 from shared.pg import create_pool
+from shared.runner import run
 from shared.settings import WorkerSettings, load, with_scheme
 from shared.stalls import Stalls
 from worker.accrual_client import AccrualClient, create_session
@@ -204,17 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems := settings_problems(settings):
         raise SystemExit(f"gophermart-worker: {'; '.join(problems)}")
     try:
-        import uvloop
-    except ImportError:  # not on every platform: the standard loop works too
-        runner = asyncio.Runner()
-    else:
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    with runner:
-        try:
-            runner.run(serve(settings))
-        except SchemaTooNew as exc:
-            log.error("refusing to start", reason=str(exc))
-            raise SystemExit(f"gophermart-worker: {exc}") from None
+        run(serve(settings))
+    except SchemaTooNew as exc:
+        log.error("refusing to start", reason=str(exc))
+        raise SystemExit(f"gophermart-worker: {exc}") from None
     return 0
 
 
