@@ -1,0 +1,156 @@
+"""The README and docs/ stay true of the code they describe.
+
+Cheap checks that fail when a rename leaves the prose behind: every relative
+link (and its #anchor) resolves, every setting named is declared, every
+``gophermart_*`` name (metric, channel, cookie) is in the code, and every file
+and test a page points to exists.
+"""
+
+import ast
+import functools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# Where the project's own code lives (tests and benchmarks read settings too).
+CODE_DIRS = ("api", "worker", "shared", "db", "accrual_sim", "stack", "bench", "deploy", "tests")
+
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+_SETTING = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+_NAME = re.compile(r"\bgophermart_[a-z0-9_]*[a-z0-9]\b")
+_TEST_REF = re.compile(r"\b(tests/[\w/]+\.py)::(\w+)")
+_PATH = re.compile(r"`((?:" + "|".join((*CODE_DIRS, "docs", "requirements")) + r")/[^`\s]*)`")
+# Upper-case names in the pages that are not settings of ours, and why.
+NOT_SETTINGS = {
+    "PG_BINDIR",  # read by shared/localpg.py to find PostgreSQL's binaries
+    "SO_REUSEPORT",  # the socket option the API's processes share a port with
+}
+# Paths made at run time, not kept in the repository.
+RUNTIME_PATHS = {"bench/out/pgq-venv", "test-artifacts/browser/"}
+_METRIC_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")
+
+
+def _text(page: Path) -> str:
+    return page.read_text(encoding="utf-8")
+
+
+def _prose(page: Path) -> str:
+    """The page without fenced code blocks (examples may show anything)."""
+    return re.sub(r"^```.*?^```", "", _text(page), flags=re.S | re.M)
+
+
+def _code_files() -> Iterator[Path]:
+    for name in CODE_DIRS:
+        yield from (ROOT / name).rglob("*.py")
+
+
+@functools.cache
+def declared_settings() -> frozenset[str]:
+    """Env names of every ``setting(default, "ENV", …)`` and every env var the code reads."""
+    names: set[str] = set()
+    for path in _code_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            # setting(default, "ENV", …) declares; os.environ.get("ENV") reads.
+            position = {"setting": 1, "get": 0, "getenv": 0}.get(called)
+            if position is None or len(node.args) <= position:
+                continue
+            env = node.args[position]
+            if isinstance(env, ast.Constant) and isinstance(env.value, str):
+                names.add(env.value)
+    return frozenset(names)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    result = set()
+    for line in _prose(page).splitlines():
+        if match := re.match(r"#{1,6} (.+)", line):
+            slug = _slug(match.group(1))
+            count = seen.get(slug, 0)
+            seen[slug] = count + 1
+            result.add(slug if count == 0 else f"{slug}-{count}")
+    return result
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_and_anchor_resolves(page: Path) -> None:
+    broken = []
+    for target in _LINK.findall(_prose(page)):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists() or (anchor and file.suffix == ".md" and anchor not in anchors(file)):
+            broken.append(target)
+    assert not broken, f"{page.name}: links that lead nowhere: {broken}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_setting_named_is_declared(page: Path) -> None:
+    known = declared_settings() | NOT_SETTINGS
+    unknown = sorted({name for name in _SETTING.findall(_prose(page))} - known)
+    assert not unknown, f"{page.name} names settings no code declares: {unknown}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_gophermart_name_is_in_the_code(page: Path) -> None:
+    """Metrics, NOTIFY channels and the cookie, as the code spells them."""
+    code = "\n".join(
+        p.read_text(encoding="utf-8")
+        for d in ("api", "worker", "shared", "db")
+        for p in (ROOT / d).rglob("*")
+        if p.suffix in (".py", ".sql")
+    )
+    missing = []
+    for name in sorted(set(_NAME.findall(_prose(page)))):
+        bare = name
+        for suffix in _METRIC_SUFFIXES:
+            bare = bare.removesuffix(suffix)
+        if f'"{bare}"' not in code and f"'{bare}'" not in code:
+            missing.append(name)
+    assert not missing, f"{page.name} names what the code does not: {missing}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_file_and_test_pointed_to_exists(page: Path) -> None:
+    prose = _prose(page)
+    missing = []
+    for raw in _PATH.findall(prose):
+        path = raw.split("::")[0].rstrip(".,")
+        if path in RUNTIME_PATHS or any(ch in path for ch in "*<{"):
+            continue
+        if not (ROOT / path).exists():
+            missing.append(path)
+    for path, name in _TEST_REF.findall(prose):
+        file = ROOT / path
+        if not file.exists() or not re.search(rf"def {name}\(", _text(file)):
+            missing.append(f"{path}::{name}")
+    assert not missing, f"{page.name} points to what is not there: {missing}"
+
+
+def test_the_checks_can_fail() -> None:
+    """The patterns find what they are meant to (a check that sees nothing proves nothing)."""
+    sample = "see [x](docs/nowhere.md#here), `NO_SUCH_SETTING`, `gophermart_nothing_total`"
+    assert _LINK.findall(sample) == ["docs/nowhere.md#here"]
+    assert "NO_SUCH_SETTING" not in declared_settings()
+    assert {"WORKER_LEASE", "DATABASE_URI", "ACCRUAL_RATE_TTL"} <= declared_settings()
+    assert _SETTING.findall(sample) == ["NO_SUCH_SETTING"]
+    assert _NAME.findall(sample) == ["gophermart_nothing_total"]
+    assert _slug("Own Fernet tokens, not aiohttp-session") == (
+        "own-fernet-tokens-not-aiohttp-session"
+    )
+    assert "the-gate-pause-and-pace" in anchors(ROOT / "docs" / "worker.md")
