@@ -1,8 +1,8 @@
 """The API's Prometheus metrics: requests, business outcomes, orders by status.
 
 Business outcomes are read off the response status of the two routes whose
-statuses the API contract (README, /api/openapi.json) ties one-to-one to an outcome, so handlers
-carry no metrics code and the mapping cannot drift from what clients see.
+statuses the API contract (docs/api.md, /api/openapi.json) ties one-to-one to an outcome, so
+handlers carry no metrics code and the mapping cannot drift from what clients see.
 """
 
 import asyncio

@@ -20,7 +20,7 @@ PROCESSED, INVALID, PROCESSING, REGISTERED, UNKNOWN = (
 )
 
 
-async def test_answers_are_mapped_as_the_spec_says(
+async def test_answers_are_mapped_as_docs_accrual_md_says(
     pool: asyncpg.Pool, database_uri: str, aiohttp_server: object
 ) -> None:
     replies = {

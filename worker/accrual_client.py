@@ -1,4 +1,4 @@
-"""The accrual system's client: one keep-alive session per process, answers mapped per contract.
+"""The accrual system's client: one keep-alive session per process, answers as docs/accrual.md says.
 
 ``ask`` never raises for anything the accrual system or the network does: it
 returns an answer the loop turns into a write. Network errors, timeouts and
@@ -338,7 +338,7 @@ class AccrualClient:
         if code >= 500:
             log.debug("accrual call", outcome=code)
             raise _Transient(f"status {code}")
-        # A redirect (never followed) or a status the contract does not have.
+        # A redirect (never followed) or a status the contract (docs/accrual.md) does not have.
         return self._malformed(MalformedAnswer("status", f"status {code}"), b"", log)
 
     def _malformed(

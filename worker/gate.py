@@ -36,7 +36,7 @@ _RESERVE_HORIZON = 1.0
 
 @dataclass(frozen=True, slots=True)
 class GatePolicy:
-    """How much of what a 429 says is believed (all settings, see README)."""
+    """How much of what a 429 says is believed (all settings; docs/worker.md, the gate)."""
 
     pause_min: float = 1.0  # Retry-After floor: "retry after 0" must not spin
     pause_max: float = 600.0  # Retry-After ceiling, also for doubled pauses

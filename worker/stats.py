@@ -21,7 +21,7 @@ def accrual_outcome(status: int | None) -> str:
         return str(status)
     if status is not None and 500 <= status <= 599:
         return "5xx"
-    return "error"  # no answer, or one the contract does not know
+    return "error"  # no answer, or one the contract (docs/accrual.md) does not know
 
 
 class WorkerStats:
