@@ -1,15 +1,10 @@
 """The simulator's settings: flags and environment through ``shared.settings``."""
 
-import dataclasses
-import sys
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from shared import settings as shared_settings
 from shared.settings import setting
-
-_BOOL_WORDS = frozenset({"1", "true", "yes", "on", "0", "false", "no", "off"})
 
 
 @dataclass(frozen=True)
@@ -110,35 +105,8 @@ class SimSettings:
             raise ValueError("latency_min must not exceed latency_max")
 
 
-def _bool_flags() -> frozenset[str]:
-    hints = typing.get_type_hints(SimSettings)
-    flags: set[str] = set()
-    for field in dataclasses.fields(SimSettings):
-        if hints[field.name] is bool:
-            flags.update(field.metadata["flags"])
-    return frozenset(flags)
-
-
-def expand_bare_flags(argv: Sequence[str]) -> list[str]:
-    """``--seed-demo`` alone means ``--seed-demo=true``.
-
-    ``shared.settings`` gives every flag a value (so env and flag read alike);
-    a boolean flag with no value after it is the natural spelling on a command line.
-    """
-    bools = _bool_flags()
-    result: list[str] = []
-    for index, arg in enumerate(argv):
-        following = argv[index + 1] if index + 1 < len(argv) else None
-        if arg in bools and (following is None or following.lower() not in _BOOL_WORDS):
-            result.append(f"{arg}=true")
-        else:
-            result.append(arg)
-    return result
-
-
 def load(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> SimSettings:
     """Settings from flags and environment (the environment wins)."""
-    args = sys.argv[1:] if argv is None else argv
-    return shared_settings.load(SimSettings, expand_bare_flags(args), environ, prog="accrual-sim")
+    return shared_settings.load(SimSettings, argv, environ, prog="accrual-sim")

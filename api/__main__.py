@@ -14,7 +14,7 @@ from api.supervisor import PARENT_PIPE_ENV, process_count, supervise, watch_pare
 from db.migrate import SchemaTooNew
 from shared import logs
 from shared.runner import run
-from shared.settings import ApiSettings, load
+from shared.settings import ApiSettings, load, require
 
 log = structlog.get_logger("api")
 
@@ -47,8 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     processes = process_count(settings)
     # Several processes write one stream: each line says which one wrote it.
     logs.configure(settings.log_level, settings.log_format, process_id=child or processes > 1)
-    if not settings.database_uri:
-        sys.exit("gophermart-api: DATABASE_URI (-d) is required")
+    require(settings, "database_uri", prog="gophermart-api")
     if child or processes == 1:
         serve(settings, child=child)
     else:

@@ -55,29 +55,48 @@ def load(
         epilog="Every setting can also come from its environment variable, which wins.",
     )
     fields = [f for f in dataclasses.fields(cls) if "env" in f.metadata]  # type: ignore[arg-type]
+    flags = {f.name: f.metadata["flags"] or (f"--{f.name.replace('_', '-')}",) for f in fields}
     for field in fields:
-        flags = field.metadata["flags"] or (f"--{field.name.replace('_', '-')}",)
         env = field.metadata["env"]
+        # A boolean flag alone means true (``--seed-demo``); it also takes a value
+        # (``--seed-demo false``), read like its env var.
+        boolean = _converter(hints[field.name]) is _parse_bool
         parser.add_argument(
-            *flags,
+            *flags[field.name],
             dest=field.name,
             metavar=env,
             default=None,
+            nargs="?" if boolean else None,
+            const="true" if boolean else None,
             help=f"{field.metadata['help']} [env {env}; default {field.default!r}]",
         )
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     for field in fields:
-        raw = environ.get(field.metadata["env"])
+        raw, source = environ.get(field.metadata["env"]), field.metadata["env"]
         if raw is None:
-            raw = getattr(args, field.name)
+            raw, source = getattr(args, field.name), "/".join(flags[field.name])
         if raw is None:
             continue
+        convert = _converter(hints[field.name])
         try:
-            values[field.name] = _converter(hints[field.name])(raw)
+            values[field.name] = convert(raw)
         except ValueError:
-            parser.error(f"{field.metadata['env']}: cannot read {raw!r}")
+            expected = " (true/false, yes/no, on/off or 1/0)" if convert is _parse_bool else ""
+            parser.error(f"{source}: cannot read {raw!r}{expected}")
     return cls(**values)
+
+
+def require(settings: object, *names: str, prog: str) -> None:
+    """Exit with a message naming every one of ``names`` left unset, with its flag."""
+    fields = {field.name: field for field in dataclasses.fields(settings)}  # type: ignore[arg-type]
+    missing = []
+    for name in names:
+        if not getattr(settings, name):
+            env, flags = fields[name].metadata["env"], fields[name].metadata["flags"]
+            missing.append(f"{env} ({', '.join(flags)})" if flags else env)
+    if missing:
+        raise SystemExit(f"{prog}: {' and '.join(missing)} must be set")
 
 
 def with_scheme(address: str) -> str:
@@ -111,9 +130,6 @@ class CommonSettings:
     """Settings both processes share."""
 
     database_uri: str | None = setting(None, "DATABASE_URI", "-d", help="PostgreSQL DSN (required)")
-    accrual_system_address: str | None = setting(
-        None, "ACCRUAL_SYSTEM_ADDRESS", "-r", help="accrual system base URL, with or without scheme"
-    )
     log_level: str = setting(
         "info", "LOG_LEVEL", "--log-level", help="debug, info, warning or error"
     )
@@ -306,6 +322,12 @@ class ApiSettings(CommonSettings):
 class WorkerSettings(CommonSettings):
     """Gophermart accrual worker."""
 
+    accrual_system_address: str | None = setting(
+        None,
+        "ACCRUAL_SYSTEM_ADDRESS",
+        "-r",
+        help="accrual system base URL, with or without scheme (required)",
+    )
     worker_concurrency: int = setting(
         32, "WORKER_CONCURRENCY", help="accrual requests in flight per process"
     )

@@ -92,15 +92,11 @@ class Stack:
                 ("--port", str(accrual_port), "--upstream", service_url(sim_port)),
                 port=accrual_port,
             ).start()
-        common = {
-            "DATABASE_URI": database_uri,
-            "ACCRUAL_SYSTEM_ADDRESS": f"127.0.0.1:{accrual_port}",
-        }
         api = Service(
             "api",
             "api",
             {
-                **common,
+                "DATABASE_URI": database_uri,
                 "RUN_ADDRESS": f"127.0.0.1:{api_port}",
                 "SESSION_SECRET": SESSION_SECRET,
                 "LOGIN_MAX_FAILURES": "0",
@@ -110,7 +106,12 @@ class Stack:
             log_dir,
             port=api_port,
         ).start()
-        env = {**common, "WORKER_POLL_INTERVAL": "0.5", **(worker_env or {})}
+        env = {
+            "DATABASE_URI": database_uri,
+            "ACCRUAL_SYSTEM_ADDRESS": f"127.0.0.1:{accrual_port}",
+            "WORKER_POLL_INTERVAL": "0.5",
+            **(worker_env or {}),
+        }
         connector = aiohttp.TCPConnector(limit=32)
         stack = cls(
             log_dir,

@@ -458,6 +458,9 @@ def test_bare_boolean_flag_means_true() -> None:
     assert load(["--seed-demo", "-a", ":1"], environ={}).seed_demo is True
     assert load(["--seed-demo", "false"], environ={}).seed_demo is False
     assert load(["--seed-demo"], environ={"SIM_SEED_DEMO": "0"}).seed_demo is False
+    assert load([], environ={"SIM_INVALID_WHEN_NOTHING": "no"}).invalid_when_nothing is False
+    with pytest.raises(SystemExit):
+        load(["--seed-demo", "maybe"], environ={})
 
 
 @pytest.mark.parametrize(

@@ -133,10 +133,10 @@ def test_addresses_between_services_point_at_real_services(
 ) -> None:
     accrual_port = split_host_port(environment(services["accrual"])["RUN_ADDRESS"])[1]
     postgres = environment(services["postgres"])
+    accrual = urlsplit(environment(services["worker"])["ACCRUAL_SYSTEM_ADDRESS"])
+    assert (accrual.hostname, accrual.port) == ("accrual", accrual_port)
     for name in ("api", "worker"):
         env = environment(services[name])
-        accrual = urlsplit(env["ACCRUAL_SYSTEM_ADDRESS"])
-        assert (accrual.hostname, accrual.port) == ("accrual", accrual_port)
         database = urlsplit(env["DATABASE_URI"])
         assert database.hostname in services
         assert (database.username, database.password, database.path) == (
@@ -332,7 +332,7 @@ def test_host_networking_keeps_every_address_consistent(compose: dict[str, Any])
     for name in ("api", "worker"):
         env = environment(services[name])
         assert urlsplit(env["DATABASE_URI"]).netloc.endswith("@127.0.0.1:25432")
-        assert env["ACCRUAL_SYSTEM_ADDRESS"] == "http://127.0.0.1:28081"
+    assert environment(services["worker"])["ACCRUAL_SYSTEM_ADDRESS"] == "http://127.0.0.1:28081"
     assert environment(services["api"])["RUN_ADDRESS"] == "127.0.0.1:28080"
     assert "127.0.0.1:28080/readyz" in " ".join(services["api"]["healthcheck"]["test"])
     assert environment(services["accrual"])["RUN_ADDRESS"] == "127.0.0.1:28081"

@@ -16,7 +16,7 @@ from shared.logs import configure
 from shared.ops import database_ready, ops_app, start_ops_server
 from shared.pg import create_pool
 from shared.runner import run
-from shared.settings import WorkerSettings, load, with_scheme
+from shared.settings import WorkerSettings, load, require, with_scheme
 from shared.stalls import Stalls
 from worker.accrual_client import AccrualClient, create_session
 from worker.gate import Gate, GatePolicy
@@ -192,16 +192,7 @@ async def _run(
 def main(argv: Sequence[str] | None = None) -> int:
     settings = load(WorkerSettings, argv, prog="gophermart-worker")
     configure(settings.log_level, settings.log_format)
-    missing = [
-        name
-        for name, value in (
-            ("DATABASE_URI (-d)", settings.database_uri),
-            ("ACCRUAL_SYSTEM_ADDRESS (-r)", settings.accrual_system_address),
-        )
-        if not value
-    ]
-    if missing:
-        raise SystemExit(f"gophermart-worker: {' and '.join(missing)} must be set")
+    require(settings, "database_uri", "accrual_system_address", prog="gophermart-worker")
     if problems := settings_problems(settings):
         raise SystemExit(f"gophermart-worker: {'; '.join(problems)}")
     try:
