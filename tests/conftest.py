@@ -8,6 +8,7 @@ and takes a few milliseconds.
 
 import asyncio
 import itertools
+import logging
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, cast
 
 import asyncpg
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient
 
 from api.app import create_app
@@ -51,6 +53,33 @@ def captured_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     text = path.read_text()
     leaked = [secret for secret in NEVER_LOGGED if secret in text]
     assert not leaked, f"secrets in the logs: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def logging_restored() -> Iterator[None]:
+    """Undoes whatever a test does to the logging set-up, so that no test sees another's.
+
+    A test may call ``shared.logs.configure`` (its own stream, format or level) or
+    bind context; afterwards structlog's configuration, the root logger's handlers
+    of our own (pytest's capture handlers come and go by themselves) and its level
+    are the suite's again, and the bound context is empty. Without this, a test
+    running after one that reconfigured logging would log nowhere the suite looks,
+    and a secret logged there would escape ``captured_logs``'s check.
+    """
+    config = structlog.get_config()
+    config["processors"] = list(config["processors"])
+    root = logging.getLogger()
+    ours, level = [h for h in root.handlers if _ours(h)], root.level
+    yield
+    structlog.contextvars.clear_contextvars()
+    structlog.configure(**config)
+    root.handlers[:] = [h for h in root.handlers if not _ours(h)] + ours
+    root.setLevel(level)
+
+
+def _ours(handler: logging.Handler) -> bool:
+    """A handler ``shared.logs.configure`` installed (not one of pytest's)."""
+    return isinstance(handler.formatter, structlog.stdlib.ProcessorFormatter)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -13,17 +12,9 @@ from shared.logs import MAX_TRACEBACK_CHARS, MAX_VALUE_CHARS, configure
 
 
 @pytest.fixture
-def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
-    """Restores the logging set-up a test changes with ``configure``."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield capsys
-    finally:
-        structlog.contextvars.clear_contextvars()
-        structlog.reset_defaults()
-        root.handlers[:] = handlers
-        root.setLevel(level)
+def json_logs(capsys: pytest.CaptureFixture[str]) -> pytest.CaptureFixture[str]:
+    """Standard error, captured; conftest's ``logging_restored`` undoes ``configure``."""
+    return capsys
 
 
 def configure_json() -> None:
