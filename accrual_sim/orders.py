@@ -35,12 +35,6 @@ class Order:
             return self.processing_body
         return self.registered_body
 
-    def status_at(self, now: float, delay: float) -> str:
-        age = now - self.registered_at
-        if age >= delay:
-            return self.final_status
-        return "PROCESSING" if age >= delay / 2 else "REGISTERED"
-
 
 def parse_order(payload: Any) -> tuple[str, tuple[Good, ...]]:
     """``{"order": "<number>", "goods": [...]}`` -> (number, goods)."""

@@ -15,15 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from accrual_sim.app import SIM, create_app
 from accrual_sim.rules import Good, Rule, compute_accrual
 from accrual_sim.settings import SimSettings, load
 from shared.luhn import with_check_digit
-
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
 ORDER = "12345678903"  # passes Luhn
 OTHER_ORDER = with_check_digit("7992739871")

@@ -163,10 +163,6 @@ def test_pods_run_unprivileged_as_the_image_user(manifests: list[Manifest]) -> N
         assert "emptyDir" in volume
 
 
-def listen_port(deployment: Manifest, variable: str) -> int:
-    return split_host_port(env_of(deployment)[variable])[1]
-
-
 def named_port(deployment: Manifest, name: str) -> int:
     [port] = [p["containerPort"] for p in container(deployment)["ports"] if p["name"] == name]
     return int(port)
