@@ -154,3 +154,57 @@ def test_the_checks_can_fail() -> None:
         "own-fernet-tokens-not-aiohttp-session"
     )
     assert "the-gate-pause-and-pace" in anchors(ROOT / "docs" / "worker.md")
+
+
+def _service_settings() -> Iterator[tuple[str, tuple[str, ...], object]]:
+    """(env, flags, default) of every setting the API, worker and runner declare."""
+    for name in ("api", "worker", "shared", "db", "stack"):
+        for path in (ROOT / name).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (
+                    isinstance(node, ast.AnnAssign)
+                    and isinstance(node.target, ast.Name)
+                    and isinstance(node.value, ast.Call)
+                    and getattr(node.value.func, "id", "") == "setting"
+                ):
+                    continue
+                args = node.value.args
+                default = args[0].value if isinstance(args[0], ast.Constant) else None
+                env = args[1].value if isinstance(args[1], ast.Constant) else ""
+                flags = tuple(str(a.value) for a in args[2:] if isinstance(a, ast.Constant))
+                yield str(env), flags or ("--" + node.target.id.replace("_", "-"),), default
+
+
+def _configuration_rows() -> dict[str, tuple[str, str]]:
+    """env -> (flag, default) from the README's configuration table (``A / B`` rows split)."""
+    rows = {}
+    for line in _text(ROOT / "README.md").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 5 or not cells[0].startswith("`") or cells[3] == "process":
+            continue
+        envs, flags, defaults = (cell.split(" / ") for cell in cells[:3])
+        for i, env in enumerate(envs):
+            pick = min(i, len(defaults) - 1)
+            rows[env.strip("`")] = (flags[min(i, len(flags) - 1)].strip("`"), defaults[pick])
+    return rows
+
+
+def test_every_setting_is_in_the_readme_configuration_table_as_declared() -> None:
+    """Name, flag and (numeric) default of every setting, as ``-h`` would print them."""
+    rows = _configuration_rows()
+    wrong = []
+    declared = list(_service_settings())
+    assert len(declared) > 40  # the scan sees the declarations
+    for env, flags, default in declared:
+        if env not in rows:
+            wrong.append(f"{env}: not in the table")
+            continue
+        flag, shown = rows[env]
+        if flag not in flags:
+            wrong.append(f"{env}: flag {flag}, declared {flags}")
+        number = shown.strip("`")
+        if isinstance(default, bool) or not isinstance(default, int | float):
+            continue
+        if re.fullmatch(r"[0-9.]+", number) and float(number) != float(default):
+            wrong.append(f"{env}: default {number}, declared {default}")
+    assert not wrong, wrong
