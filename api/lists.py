@@ -25,6 +25,7 @@ from aiohttp import hdrs, web
 from api.errors import ApiError, ClientGone, client_gone, empty_response
 from api.listgate import too_many_for_user
 from api.middleware import request_id
+from api.negotiation import accepts_gzip
 from api.state import LIST_GATE, POOL, SETTINGS
 from db import pages
 from db.pages import PAGE_ROWS, START, Cursor, Listing
@@ -103,7 +104,7 @@ async def _stream(
     )
     if more is not None:
         response.headers.update(_link(request, asked, more))
-    if "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, ""):
+    if accepts_gzip(request):
         response.enable_compression(web.ContentCoding.gzip)
     if client_gone(request):
         raise ClientGone()

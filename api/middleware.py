@@ -20,6 +20,7 @@ from api.errors import (
     error_response,
 )
 from api.metrics import METRICS
+from api.negotiation import accepts_gzip
 from shared.logs import bounded
 from shared.pg import PoolBusy
 
@@ -148,6 +149,6 @@ def _maybe_compress(request: web.Request, response: web.StreamResponse) -> None:
     if (
         isinstance(body, bytes | bytearray)
         and len(body) >= COMPRESS_MIN_BYTES
-        and "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "")
+        and accepts_gzip(request)
     ):
         response.enable_compression(web.ContentCoding.gzip)

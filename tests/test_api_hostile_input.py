@@ -198,6 +198,72 @@ async def test_large_responses_are_gzipped_when_accepted(
     assert "Content-Encoding" not in small.headers
 
 
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip", True),
+        ("gzip;q=0.5, br", True),
+        ("*", True),
+        ("GZIP; Q=1.0", True),
+        ("gzip;q=0", False),
+        ("gzip;q=0.000, identity", False),
+        ("br, *;q=0", False),
+        ("*, gzip;q=0", False),
+        ("gzip;q=abc", False),
+        ("gzip;q=nan", False),
+        ("gzip;q=2", False),
+        ("identity", False),
+        ("", False),
+    ],
+)
+async def test_accept_encoding_weights_are_honoured(
+    client: TestClient, pool: asyncpg.Pool, accept_encoding: str, gzipped: bool
+) -> None:
+    token = await register(client, "weighs")
+    user_id = await pool.fetchval("SELECT id FROM users WHERE login = 'weighs'")
+    await pool.execute(
+        "INSERT INTO orders (number, user_id) SELECT g::text || '0', $1"
+        " FROM generate_series(1000, 1100) g",
+        user_id,
+    )
+    response = await client.get(
+        ORDERS,
+        headers={"Authorization": token, "Accept-Encoding": accept_encoding},
+        auto_decompress=False,
+    )
+    assert response.status == 200
+    body = await response.read()
+    if gzipped:
+        assert response.headers["Content-Encoding"] == "gzip"
+        body = gzip.decompress(body)
+    else:
+        # q=0 means "not acceptable": the answer goes out as it is.
+        assert "Content-Encoding" not in response.headers
+    assert len(json.loads(body)) == 101
+
+
+@pytest.mark.parametrize(("accept_encoding", "gzipped"), [("gzip", True), ("gzip;q=0", False)])
+async def test_streamed_lists_honour_accept_encoding_weights(
+    client: TestClient, pool: asyncpg.Pool, accept_encoding: str, gzipped: bool
+) -> None:
+    token = await register(client, "streams")
+    user_id = await pool.fetchval("SELECT id FROM users WHERE login = 'streams'")
+    await pool.execute(  # more than one page: the answer is streamed
+        "INSERT INTO orders (number, user_id) SELECT g::text || '0', $1"
+        " FROM generate_series(10000, 11499) g",
+        user_id,
+    )
+    response = await client.get(
+        ORDERS,
+        headers={"Authorization": token, "Accept-Encoding": accept_encoding},
+        auto_decompress=False,
+    )
+    assert response.status == 200
+    body = await response.read()
+    assert response.headers.get("Content-Encoding") == ("gzip" if gzipped else None)
+    assert len(json.loads(gzip.decompress(body) if gzipped else body)) == 1500
+
+
 async def test_header_injection_in_request_id_is_not_echoed(client: TestClient) -> None:
     response = await client.get(
         "/api/user/balance", headers={"X-Request-ID": "abc\tSet-Cookie: x=1"}
