@@ -21,6 +21,7 @@ from api.errors import (
 )
 from api.metrics import METRICS
 from api.negotiation import accepts_gzip
+from api.state import SETTINGS
 from shared.logs import bounded
 from shared.pg import PoolBusy
 
@@ -58,6 +59,7 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
     try:
         if request.get(UNMET_EXPECTATION):
             raise ApiError(417, "unsupported Expect header (only 100-continue)")
+        _refuse_declared_oversize(request)
         response = await handler(request)
     except ClientGone as exc:
         # Nobody to answer: hand back what was started, for aiohttp to close.
@@ -72,6 +74,9 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         )
     except Overloaded as exc:
         response = _shed(request, exc)
+    except BodyTooLarge as exc:
+        response = error_response(exc.status, exc.reason)
+        response.force_close()
     except ApiError as exc:
         response = error_response(exc.status, exc.reason, exc.headers)
     except web.HTTPException as exc:
@@ -101,6 +106,24 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         latency_ms=round((time.perf_counter() - started) * 1000, 2),
     )
     return response
+
+
+def _refuse_declared_oversize(request: web.Request) -> None:
+    """413 at once for a body declared larger than MAX_BODY_BYTES, and close.
+
+    Otherwise the body would be read until it passes the limit: a client that
+    declares a huge length and then sends nothing (or a byte now and then)
+    would hold the request until BODY_TIMEOUT. The connection is closed after
+    the answer, since the body it announced is not going to be read.
+    """
+    declared = request.content_length
+    if declared is not None and declared > request.app[SETTINGS].max_body_bytes:
+        raise BodyTooLarge()
+
+
+class BodyTooLarge(ApiError):
+    def __init__(self) -> None:
+        super().__init__(413, "request body too large")
 
 
 # The path of a request no route matched is the client's free text: cut shorter.

@@ -1,12 +1,17 @@
 """Hostile and malformed input: a deliberate 4xx with a JSON reason, and no trace."""
 
+import asyncio
 import gzip
 import json
+from dataclasses import replace
+from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from api.app import create_app
+from shared.settings import ApiSettings
 from tests.helpers import credit, register
 
 REGISTER = "/api/user/register"
@@ -151,6 +156,32 @@ async def _snapshot(pool: asyncpg.Pool) -> tuple[object, ...]:
             " (SELECT count(*) FROM ledger), (SELECT sum(current) FROM balances)"
         )
     )
+
+
+@pytest.mark.parametrize("path", [REGISTER, "/api/user/nothing", "/api/user/balance"])
+async def test_an_oversized_declared_length_is_refused_at_once_and_closed(
+    aiohttp_client: Any, api_settings: ApiSettings, pool: asyncpg.Pool, path: str
+) -> None:
+    # A body deadline far beyond the test's patience: the answer cannot be its 408.
+    settings = replace(api_settings, body_timeout=3600)
+    client: TestClient = await aiohttp_client(create_app(settings))
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {settings.max_body_bytes + 1}\r\n\r\n{{".encode()
+        )
+        await writer.drain()
+        # The whole answer, up to the server closing the connection.
+        answer = await asyncio.wait_for(reader.read(), 60)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"content-type: application/json" in head.lower()
+    assert b"connection: close" in head.lower()
+    assert json.loads(body) == {"error": "request body too large"}
+    assert await pool.fetchval("SELECT count(*) FROM users") == 0
 
 
 async def test_gzip_request_bodies_are_accepted(client: TestClient) -> None:
