@@ -19,7 +19,7 @@ from api.openapi import add_docs_routes
 from api.passwords import Passwords
 from api.sessions import RevocationListener, Sessions, WeakSecretError
 from api.state import LIST_GATE, PASSWORDS, POOL, SESSIONS, SETTINGS, STALLS, THROTTLE
-from api.throttle import Throttle, sweep_forever
+from api.throttle import ClientAddress, Throttle, sweep_forever
 from db.migrate import migrate_when_ready
 from shared.ops import quiet_server_header
 from shared.pg import create_pool
@@ -108,7 +108,11 @@ def create_app(settings: ApiSettings) -> web.Application:
     metrics = ApiMetrics()
     origins = [item for item in settings.allowed_origins.split(",") if item.strip()]
     app = Application(
-        middlewares=[metrics.middleware(), errors_and_access_log, cross_site_guard(origins)],
+        middlewares=[
+            metrics.middleware(),
+            errors_and_access_log,
+            cross_site_guard(origins, ClientAddress(settings.trusted_proxies)),
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

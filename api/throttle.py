@@ -65,6 +65,10 @@ class ClientAddress:
             if item.strip()
         }
 
+    def from_proxy(self, request: web.BaseRequest) -> bool:
+        """True when the request came through one of TRUSTED_PROXIES."""
+        return (request.remote or "") in self._trusted
+
     def __call__(self, request: web.Request) -> str:
         peer = request.remote or ""
         if peer not in self._trusted:

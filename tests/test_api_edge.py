@@ -240,6 +240,41 @@ async def test_allowed_origins_may_use_the_cookie(
     assert await _withdraw(client, {"Origin": "http://shop.example"}, "12345678903") == 403
 
 
+async def test_an_origin_of_another_scheme_on_the_same_host_is_403(
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
+    await _cookie_client(client, pool)
+    host = f"{client.host}:{client.port}"
+    # The server speaks plain HTTP: a page served over https is another origin,
+    # and a client cannot say otherwise (it is no trusted proxy).
+    for headers in (
+        {"Origin": f"https://{host}"},
+        {"Origin": f"https://{host}", "X-Forwarded-Proto": "https"},
+        {"Origin": f"ftp://{host}"},
+    ):
+        assert await _withdraw(client, headers, "2377225624") == 403, headers
+    assert await _withdraw(client, {"Origin": f"http://{host}"}, "2377225624") == 200
+
+
+async def test_a_trusted_proxy_names_the_scheme(
+    aiohttp_client: Any, api_settings: ApiSettings, pool: asyncpg.Pool
+) -> None:
+    settings = replace(api_settings, trusted_proxies="127.0.0.1")
+    client: TestClient = await aiohttp_client(create_app(settings))
+    await _cookie_client(client, pool)
+    host = f"{client.host}:{client.port}"
+    behind_tls = {"X-Forwarded-Proto": "https"}
+    assert await _withdraw(client, {"Origin": f"http://{host}", **behind_tls}, "2377225624") == 403
+    # The proxy's entry is the last one; a client's own before it is not believed.
+    spoofed = {"X-Forwarded-Proto": "https, http"}
+    assert await _withdraw(client, {"Origin": f"https://{host}", **spoofed}, "2377225624") == 403
+    assert await _withdraw(client, {"Origin": f"https://{host}", **behind_tls}, "2377225624") == 200
+    # Without the header (or with nonsense) the connection's own scheme counts.
+    assert await _withdraw(client, {"Origin": f"https://{host}"}, "12345678903") == 403
+    junk = {"X-Forwarded-Proto": "gopher"}
+    assert await _withdraw(client, {"Origin": f"http://{host}", **junk}, "12345678903") == 200
+
+
 async def test_bearer_scheme_is_case_insensitive(client: TestClient) -> None:
     token = (await register(client, "lower")).removeprefix("Bearer ")
     client.session.cookie_jar.clear()
