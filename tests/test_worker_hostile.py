@@ -37,6 +37,7 @@ from worker.accrual_client import (
     read_capped,
 )
 from worker.gate import Gate, GatePolicy
+from worker.repeats import Repeats
 from worker.schedule import Backoff
 from worker.stats import WorkerStats
 
@@ -167,6 +168,48 @@ async def test_every_malformed_answer_is_refused_counted_and_asked_again_never_c
     for reason in set(REFUSED.values()):
         expected = sum(1 for r in REFUSED.values() if r == reason) * 2
         assert harness.stats.malformed(reason) >= expected, reason
+
+
+async def test_the_same_garbage_about_one_order_is_counted_always_but_logged_sparingly(
+    pool: asyncpg.Pool, aiohttp_server: object
+) -> None:
+    hostile = HostileAccrual(script={"1": "bad_json", "2": "teapot", "3": "lie_order"})
+    server = await serve(aiohttp_server, hostile)
+    stats = WorkerStats()
+    session = create_session(concurrency=2, timeout=2.0)
+    asks = {"1": 20, "2": 5, "3": 1}
+    try:
+        client = AccrualClient(session, str(server.make_url("")), Gate(pool, stats), stats)
+        with structlog.testing.capture_logs() as logs:
+            for order, times in asks.items():
+                for _ in range(times):
+                    await client.ask(order, deadline=1e18, log=LOG.bind(order=order))
+    finally:
+        await session.close()
+    # Every answer is counted...
+    assert (stats.malformed("json"), stats.malformed("status"), stats.malformed("order")) == (
+        20,
+        5,
+        1,
+    )
+    # ...but one order's same complaint is logged at its 1st, 2nd, 4th, 8th, … time only.
+    lines = [line for line in logs if line["event"] == "malformed accrual answer"]
+    logged = [(line["order"], line["reason"], line["occurrences"]) for line in lines]
+    assert logged == [
+        *(("1", "json", n) for n in (1, 2, 4, 8, 16)),
+        ("2", "status", 1),
+        ("2", "status", 2),
+        ("2", "status", 4),
+        ("3", "order", 1),
+    ]
+
+
+def test_repeats_forget_the_oldest_key_beyond_their_bound() -> None:
+    repeats = Repeats(max_keys=2)
+    assert [repeats.note("a"), repeats.note("a"), repeats.note("a")] == [1, 2, None]
+    assert repeats.note("b") == 1 and repeats.note("c") == 1  # "a" is forgotten
+    assert repeats.note("a") == 1
+    assert repeats.note("c") == 2
 
 
 async def test_slow_dripping_and_oversized_header_answers_time_out_and_stall_nobody(

@@ -10,8 +10,9 @@ request goes to the configured address, through the fleet's pacing); the
 body is read up to a cap, and decompressed by us (gzip or deflate only, one
 layer) up to the same cap; a 200 must be the documented object about the
 order asked, with an accrual the schema can hold. Anything else is a
-malformed answer: counted, logged once with the order, never credited, and
-the order is asked again later with backoff.
+malformed answer: counted, logged with the order (the same complaint about
+one order at its 1st, 2nd, 4th, … occurrence only), never credited, and the
+order is asked again later with backoff.
 """
 
 import email.utils
@@ -39,6 +40,7 @@ from db.queue import DB_ERRORS
 from shared.jsonio import JSONInputError, loads_exact
 from shared.money import MAX_AMOUNT, round_half_up
 from worker.gate import Gate
+from worker.repeats import Repeats
 from worker.stats import WorkerStats
 
 # Accrual system status -> ours.
@@ -251,6 +253,7 @@ class AccrualClient:
         self._retries = max(retries, 1)
         self._retry_wait_max = retry_wait_max
         self._cap = max(max_answer_bytes, 1024)
+        self._malformed_repeats = Repeats()
 
     async def ask(
         self, number: str, *, deadline: float, log: structlog.typing.FilteringBoundLogger
@@ -314,7 +317,7 @@ class AccrualClient:
                     raise refused
                 answer = parse_order_answer(body, number)
             except MalformedAnswer as exc:
-                return self._malformed(exc, body, log)
+                return self._malformed(exc, number, body, log)
             log.debug("accrual call", outcome=200, status=answer.status, accrual=answer.accrual)
             return answer
         if code == 204:
@@ -339,18 +342,27 @@ class AccrualClient:
             log.debug("accrual call", outcome=code)
             raise _Transient(f"status {code}")
         # A redirect (never followed) or a status the contract (docs/accrual.md) does not have.
-        return self._malformed(MalformedAnswer("status", f"status {code}"), b"", log)
+        return self._malformed(MalformedAnswer("status", f"status {code}"), number, b"", log)
 
     def _malformed(
-        self, exc: MalformedAnswer, body: bytes, log: structlog.typing.FilteringBoundLogger
+        self,
+        exc: MalformedAnswer,
+        number: str,
+        body: bytes,
+        log: structlog.typing.FilteringBoundLogger,
     ) -> Failed:
         self._stats.malformed_answer(exc.reason)
-        # ascii(): the answer's own text, escaped, so it cannot forge log lines or
-        # send control sequences to a terminal.
-        log.warning(
-            "malformed accrual answer",
-            reason=exc.reason,
-            error=ascii(str(exc)),
-            body=ascii(body[:120]) if body else None,
-        )
+        # Every answer is counted; the same complaint about the same order is
+        # logged at its 1st, 2nd, 4th, 8th, … occurrence only.
+        occurrences = self._malformed_repeats.note((number, exc.reason))
+        if occurrences is not None:
+            # ascii(): the answer's own text, escaped, so it cannot forge log lines or
+            # send control sequences to a terminal.
+            log.warning(
+                "malformed accrual answer",
+                reason=exc.reason,
+                error=ascii(str(exc)),
+                body=ascii(body[:120]) if body else None,
+                occurrences=occurrences,
+            )
         return Failed(f"malformed answer ({exc.reason}): {exc}")
