@@ -284,7 +284,7 @@ class ApiSettings(CommonSettings):
         "",
         "TRUSTED_PROXIES",
         help="comma-separated proxy addresses whose last X-Forwarded-For entry is taken "
-        "as the client address",
+        "as the client address, and last X-Forwarded-Proto as the request's scheme",
     )
     header_timeout: float = setting(
         10.0,
