@@ -1,11 +1,11 @@
-"""``python -m bench [--smoke]``: run every figure and print one markdown table.
+"""``python -m bench [--smoke] [--only GROUP,...]``: run the figures, print one markdown table.
 
 The full run also rewrites the generated part of bench/RESULTS.md; the smoke
 run (a few seconds per figure, so the harness cannot rot) writes
-bench/out/smoke.md instead. Exit status 1 when any figure could not be
-trusted (an unexpected status, a socket error, orders left unprocessed);
-a missed target is reported, not fatal.
-"""
+bench/out/smoke.md instead, and a run of some groups only (``--only anchor``,
+to compare one change with its baseline quickly) bench/out/only.md. Exit
+status 1 when any figure could not be trusted (an unexpected status, a
+socket error, orders left unprocessed); a missed target is reported, not fatal."""
 
 import argparse
 import asyncio
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -70,13 +71,34 @@ def _machine(stack: Stack, wrk_bin: str) -> str:
     )
 
 
-async def _run(ctx: Ctx) -> list[Row]:
-    rows = await http_bench.run(ctx)
-    rows += await overload_bench.run(ctx)
-    rows += await worker_bench.run(ctx)
-    rows += await fairness_bench.run(ctx)
-    rows += await anchor.run(ctx)
+# The figures by group, in the order of a full run; "worker-throughput" is the
+# first two rows of "worker" alone (a full run does not repeat them).
+GROUPS: dict[str, Callable[[Ctx], Awaitable[list[Row]]]] = {
+    "http": http_bench.run,
+    "overload": overload_bench.run,
+    "worker": worker_bench.run,
+    "worker-throughput": worker_bench.run_throughput,
+    "fairness": fairness_bench.run,
+    "anchor": anchor.run,
+}
+EVERY = ("http", "overload", "worker", "fairness", "anchor")
+
+
+async def _run(ctx: Ctx, groups: Sequence[str]) -> list[Row]:
+    rows = []
+    for group in groups:
+        rows += await GROUPS[group](ctx)
     return rows + _memory_rows(ctx)
+
+
+def _groups(text: str) -> list[str]:
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    unknown = sorted(set(groups) - GROUPS.keys())
+    if unknown or not groups:
+        raise argparse.ArgumentTypeError(
+            f"unknown group(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(GROUPS)}"
+        )
+    return groups
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -95,11 +117,22 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="markdown file to write (default bench/RESULTS.md, "
-        "or bench/out/smoke.md with --smoke)",
+        "or bench/out/smoke.md with --smoke, bench/out/only.md with --only)",
+    )
+    parser.add_argument(
+        "--only",
+        type=_groups,
+        default=None,
+        metavar="GROUP,...",
+        help=f"run these groups of figures only ({', '.join(GROUPS)}); "
+        "writes bench/out/only.md unless --results says otherwise",
     )
     args = parser.parse_args(argv)
     plan: Plan = SMOKE if args.smoke else FULL
-    results = args.results or (HERE / "out" / "smoke.md" if args.smoke else HERE / "RESULTS.md")
+    partial = args.smoke or args.only is not None
+    results = args.results or (
+        HERE / "out" / ("smoke.md" if args.smoke else "only.md") if partial else HERE / "RESULTS.md"
+    )
     signal.signal(signal.SIGTERM, _on_sigterm)
     configure("warning", "console")  # migrations run in this process too
 
@@ -112,16 +145,21 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir()
         ctx = Ctx(stack, plan, wrk_bin, pgbench.pgbench_binary(stack.pg.bindir), work)
         machine = _machine(stack, wrk_bin)
-        rows = asyncio.run(_run(ctx))
+        rows = asyncio.run(_run(ctx, args.only or EVERY))
     finally:
         stack.close()
     elapsed = time.monotonic() - started
 
     command = "make bench-smoke" if args.smoke else "make bench"
+    flags = (" --smoke" if args.smoke else "") + (
+        f" --only {','.join(args.only)}" if args.only else ""
+    )
+    how = f"`python -m bench{flags}`"
+    if not args.only:
+        how = f"`{command}` ({how})"
     text = "\n".join(
         [
-            f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `{command}` "
-            f"(`python -m bench{' --smoke' if args.smoke else ''}`), {plan.name} plan, "
+            f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with {how}, {plan.name} plan, "
             f"{elapsed:.0f} s.",
             "",
             f"Machine: {machine}. Load generators (wrk -t1 -c{plan.connections}, pgbench -j1 "
@@ -134,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(text)
-    update_results(results, text) if not args.smoke else results.write_text(text)
+    if partial:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(text)
+    else:
+        update_results(results, text)
     failed = [r.figure for r in rows if r.problem]
     if failed:
         print(f"untrustworthy figures: {'; '.join(failed)}", file=sys.stderr)

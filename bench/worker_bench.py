@@ -110,6 +110,24 @@ async def run(ctx: Ctx) -> list[Row]:
     return rows
 
 
+async def run_throughput(ctx: Ctx) -> list[Row]:
+    """The throughput figures alone (``python -m bench --only worker-throughput``)."""
+    batches = {
+        1: list(numbers("41", ctx.plan.worker_orders)),
+        2: list(numbers("42", ctx.plan.worker_orders)),
+    }
+    sim = ctx.stack.simulator(
+        "sim-throughput",
+        "--delay",
+        "0",
+        "--seed-file",
+        str(seed_file(ctx.work_dir / "seed-throughput.json", *batches.values())),
+    )
+    rows = [await _throughput(ctx, sim, procs, batches[procs]) for procs in (1, 2)]
+    ctx.stack.stop(sim)
+    return rows
+
+
 async def _throughput(ctx: Ctx, sim: Proc, procs: int, batch: list[str]) -> Row:
     dsn = await ctx.stack.database(f"bench_worker_{procs}")
     workers = _start_workers(ctx, f"worker-x{procs}", dsn, sim, procs)
