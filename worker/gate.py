@@ -25,13 +25,9 @@ import structlog
 from db import gate as db_gate
 from db.executor import Executor
 from worker.stats import WorkerStats
+from worker.tunings import Tunings
 
 log = structlog.get_logger(__name__)
-
-# A reserved slot used this late would bunch calls together; let it go.
-_STALE_SLOT = 0.25
-# Reserve at most about this many seconds of slots per round trip.
-_RESERVE_HORIZON = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +52,13 @@ class Gate:
         stats: WorkerStats,
         *,
         policy: GatePolicy | None = None,
+        tunings: Tunings | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._db = db
         self._stats = stats
         self.policy = policy or GatePolicy()
+        self._tunings = tunings or Tunings()
         self._share = self.policy.share
         self._clock = clock or asyncio.get_running_loop().time
         self._paused_until = 0.0
@@ -101,7 +99,7 @@ class Gate:
         now = self._clock()
         if state.pause_left > 0:
             until = now + state.pause_left
-            if until > self._paused_until + 0.05:  # the same pause heard twice
+            if until > self._paused_until + self._tunings.same_pause:
                 self._paused_until = until
                 # Slots reserved before the pause may fall inside it.
                 self._slots.clear()
@@ -143,7 +141,7 @@ class Gate:
         pause = self.pause_left()
         covered = (
             pause > 0
-            and pause >= seconds - min(0.5, seconds / 4)
+            and pause >= seconds - min(self._tunings.covered_pause, seconds / 4)
             and (rate is None or rate == self._rate)
         )
         # Stop our own calls at once; a 429 without a rate keeps the one we know.
@@ -180,14 +178,15 @@ class Gate:
         interval = self.interval()
         if interval is None:
             return 0.0
+        tunings = self._tunings
         self._waiters += 1
         try:
             async with self._lock:
                 now = self._clock()
-                while self._slots and self._slots[0] < now - min(_STALE_SLOT, interval):
+                while self._slots and self._slots[0] < now - min(tunings.stale_slot, interval):
                     self._slots.popleft()
                 if not self._slots:
-                    most = max(1, math.ceil(_RESERVE_HORIZON / interval))
+                    most = max(1, math.ceil(tunings.reserve_horizon / interval))
                     count = min(self._waiters, most)
                     first_in = await db_gate.reserve_slots(self._db, count=count, interval=interval)
                     base = self._clock() + first_in
@@ -195,7 +194,7 @@ class Gate:
                 slot = self._slots[0]
                 if slot > deadline:
                     # Not before the slot, unless the limit will be forgotten first.
-                    return max(min(slot, self._rate_until) - now, 0.001)
+                    return max(min(slot, self._rate_until) - now, tunings.slot_min_wait)
                 self._slots.popleft()
         finally:
             self._waiters -= 1

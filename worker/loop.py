@@ -1,17 +1,17 @@
-"""Claim -> ask -> apply.
+"""Claim -> ask -> write back.
 
 The claim loop leases due orders in batches (claiming again at once after a
 full batch), one task per order asks the accrual system under a semaphore,
-and a single applier writes every answer that has arrived in one statement.
+and the write-back (``worker.writeback``) writes the answers in batches.
 No transaction is open while the accrual system is asked; the lease makes
 abandoning an order at any point safe.
 """
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import asyncpg
 import structlog
 
 from db import gate as db_gate
@@ -27,32 +27,12 @@ from worker.accrual_client import (
     Status,
 )
 from worker.gate import Gate
-from worker.schedule import Backoff
+from worker.schedule import Alarm, Backoff
 from worker.stats import WorkerStats
+from worker.tunings import Tunings
+from worker.writeback import Answered, WriteBack
 
 log = structlog.get_logger(__name__)
-
-_MAX_APPLY_BATCH = 1000
-_APPLY_TRIES = 3
-# Paced, a process holds at most this many seconds of call slots' worth of
-# orders: an order claimed now is asked within about this long, so a fresh
-# order never waits behind a long local backlog (the fair claim decides).
-_PACED_BUFFER = 1.0
-
-
-def unappliable(exc: BaseException) -> bool:
-    """A database error caused by the data of one answer, not by the database's state.
-
-    Class 22 (data exception: a balance that would overflow numeric(18,2)) and
-    class 23 (integrity: a CHECK) fail again whenever that answer is applied;
-    anything else (a lost connection, a timeout, a deadlock) may pass on retry.
-    """
-    state = getattr(exc, "sqlstate", None)
-    return (
-        isinstance(exc, asyncpg.PostgresError)
-        and isinstance(state, str)
-        and state[:2] in ("22", "23")
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +43,7 @@ class LoopConfig:
     poll_interval: float = 1.0
     stop_timeout: float = 3.0
     backoff: Backoff = field(default_factory=Backoff)
+    tunings: Tunings = field(default_factory=Tunings)
 
 
 class Worker:
@@ -85,11 +66,16 @@ class Worker:
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0  # claimed and not yet written back
-        self._pending: list[tuple[queue.ClaimedOrder, queue.Result]] = []
-        self._apply_wake = asyncio.Event()
-        self._closing = False
         self._loop = asyncio.get_running_loop()
-        self._due_timer: asyncio.TimerHandle | None = None
+        self._due = Alarm(self._wake.set)
+        self._answers = WriteBack(
+            db,
+            stats,
+            on_written=self._written,
+            backoff=config.backoff,
+            tunings=config.tunings,
+            stop_timeout=config.stop_timeout,
+        )
 
     def wake(self) -> None:
         """New work may be due (a notification or a reconnect)."""
@@ -108,11 +94,14 @@ class Worker:
         # Learn a pause or a limit before the first claim sizes its batch by them.
         with contextlib.suppress(*queue.DB_ERRORS):
             self._gate.note(await db_gate.read_gate(self._db))
-        applier = asyncio.create_task(self._apply_loop(), name="accrual-applier")
         try:
-            await self._claim_loop()
+            async with self._answers:
+                try:
+                    await self._claim_loop()
+                finally:
+                    await self._finish_calls()
         finally:
-            await self._drain(applier)
+            self._due.cancel()
 
     # -- claim --------------------------------------------------------------
 
@@ -123,12 +112,14 @@ class Worker:
         if interval is not None:
             # Paced: hold no more orders than a second of slots serves (and a
             # quarter lease at most, so none waits for a slot past its lease).
-            horizon = min(config.lease / 4, _PACED_BUFFER)
+            tunings = config.tunings
+            horizon = min(config.lease * tunings.paced_lease_share, tunings.paced_buffer)
             capacity = min(capacity, max(1, int(horizon / interval)))
         return capacity
 
     async def _claim_loop(self) -> None:
         config = self._config
+        tunings = config.tunings
         failures = 0
         while not self.stopping:
             pause = self._gate.pause_left()
@@ -151,7 +142,10 @@ class Worker:
                 log.warning("claim failed", error=repr(exc), failures=failures)
                 # Back off, but retry at once when the listener reconnects: the
                 # database is back (stop() sets _wake too).
-                await self._sleep(self._wake, min(0.1 * 2**failures, 5.0, config.poll_interval))
+                retry = tunings.claim_retry_first * 2 ** min(failures, 32)
+                await self._sleep(
+                    self._wake, min(retry, tunings.claim_retry_max, config.poll_interval)
+                )
                 continue
             failures = 0
             claimed_at = self._loop.time()
@@ -166,7 +160,7 @@ class Worker:
                 continue  # a full batch: more may be due right now
             wait = config.poll_interval
             if result.next_due_in is not None:
-                wait = min(wait, max(result.next_due_in, 0.005))
+                wait = min(wait, max(result.next_due_in, tunings.due_min_wait))
             await self._sleep(self._wake, wait)
 
     async def _sleep(self, event: asyncio.Event, seconds: float) -> None:
@@ -184,16 +178,16 @@ class Worker:
                 if self.stopping:
                     answer = Deferred(0.0)  # give it back at once for another replica
                 else:
-                    answer = await self._client.ask(
-                        order.number, deadline=claimed_at + self._config.lease / 2, log=order_log
-                    )
+                    config = self._config
+                    deadline = claimed_at + config.lease * config.tunings.ask_lease_share
+                    answer = await self._client.ask(order.number, deadline=deadline, log=order_log)
         except asyncio.CancelledError:
-            self._enqueue(order, self._release(order))
+            self._answers.add(order, self._release(order))
             raise
         except Exception as exc:  # a bug or a database error while pacing: never lose the order
             order_log.exception("accrual call crashed", error=repr(exc))
             answer = Failed(repr(exc))
-        self._enqueue(order, self._to_result(order, answer))
+        self._answers.add(order, self._to_result(order, answer))
 
     def _release(self, order: queue.ClaimedOrder, delay: float = 0.0) -> queue.Result:
         """Put an order back without counting the attempt."""
@@ -226,136 +220,28 @@ class Worker:
                 return queue.Result(order.id, order.attempts, None, None, again)
         raise AssertionError(f"unhandled answer {answer!r}")
 
-    # -- apply --------------------------------------------------------------
+    # -- written back ---------------------------------------------------------
 
-    def _enqueue(self, order: queue.ClaimedOrder, result: queue.Result) -> None:
-        self._pending.append((order, result))
-        self._apply_wake.set()
+    def _written(self, batch: Sequence[Answered], applied: list[queue.Applied]) -> None:
+        self._in_flight -= len(batch)
+        self._room.set()
+        self._wake_when_due(batch, applied)
 
-    async def _apply_loop(self) -> None:
-        while True:
-            await self._apply_wake.wait()
-            self._apply_wake.clear()
-            while self._pending:
-                batch = self._pending[:_MAX_APPLY_BATCH]
-                del self._pending[:_MAX_APPLY_BATCH]
-                await self._apply(batch)
-            if self._closing:
-                return
-
-    async def _apply(self, batch: list[tuple[queue.ClaimedOrder, queue.Result]]) -> None:
-        try:
-            applied: list[queue.Applied] = []
-            for attempt in range(1, _APPLY_TRIES + 1):
-                try:
-                    applied = await self._apply_isolated(batch)
-                    break
-                except queue.DB_ERRORS as exc:
-                    # The orders stay leased and come back when the lease ends.
-                    log.warning(
-                        "applying answers failed", error=repr(exc), orders=len(batch), try_=attempt
-                    )
-                    if attempt == _APPLY_TRIES or self._closing:
-                        return
-                    await asyncio.sleep(0.05 * attempt)
-            self._log_applied(batch, applied)
-            self._wake_when_due(batch, applied)
-        finally:
-            self._in_flight -= len(batch)
-            self._room.set()
-
-    async def _apply_isolated(
-        self, batch: list[tuple[queue.ClaimedOrder, queue.Result]]
-    ) -> list[queue.Applied]:
-        """Apply a batch; when one answer cannot be applied, split until it stands alone.
-
-        The answer that fails on its own is set aside (its order put back for
-        later with the reason in ``orders.problem``) and every other answer
-        of the batch is applied: one bad answer never holds back the rest.
-        """
-        try:
-            return await queue.apply_results(self._db, [r for _, r in batch])
-        except queue.DB_ERRORS as exc:
-            if not unappliable(exc):
-                raise
-            if len(batch) > 1:
-                half = len(batch) // 2
-                return [
-                    *await self._apply_isolated(batch[:half]),
-                    *await self._apply_isolated(batch[half:]),
-                ]
-            ((order, result),) = batch
-            return await self._set_aside(order, result, exc)
-
-    async def _set_aside(
-        self, order: queue.ClaimedOrder, result: queue.Result, exc: BaseException
-    ) -> list[queue.Applied]:
-        self._stats.set_aside()
-        reason = f"{getattr(exc, 'sqlstate', '')} {exc}"[:500]
-        backoff = self._config.backoff
-        delay = max(backoff.cap, backoff.delay(order.attempts, order.age))
-        log.error(
-            "answer cannot be applied; order set aside",
-            order=order.number,
-            attempt=order.attempts,
-            status=result.status,
-            accrual=result.accrual,
-            error=reason,
-            retry_in=round(delay, 1),
-        )
-        aside = queue.Result(order.id, order.attempts, None, None, delay, problem=reason)
-        await queue.apply_results(self._db, [aside])
-        return []  # nothing of this order changed but its schedule
-
-    def _wake_when_due(
-        self, batch: list[tuple[queue.ClaimedOrder, queue.Result]], applied: list[queue.Applied]
-    ) -> None:
+    def _wake_when_due(self, batch: Sequence[Answered], applied: list[queue.Applied]) -> None:
         """Wake the claim loop when the soonest order just put back falls due.
 
         The claim's own "next due" cannot see orders that were still leased
-        then, and a 0.5 s re-check must not wait for the next poll.
+        then, and a re-check due in half a second must not wait for the next poll.
         """
         changed = {row.id for row in applied if row.status not in queue.FINAL_STATUSES}
         delays = [r.delay for _, r in batch if r.id in changed]
-        if not delays:
-            return
-        when = self._loop.time() + min(delays) + 0.005
-        timer = self._due_timer
-        if timer is not None and not timer.cancelled() and self._loop.time() < timer.when() <= when:
-            return
-        if timer is not None:
-            timer.cancel()
-        self._due_timer = self._loop.call_at(when, self._wake.set)
-
-    def _log_applied(
-        self, batch: list[tuple[queue.ClaimedOrder, queue.Result]], applied: list[queue.Applied]
-    ) -> None:
-        orders = {order.id: (order, result) for order, result in batch}
-        for row in applied:
-            order, result = orders[row.id]
-            self._stats.applied(row.status)
-            if row.status != order.status:
-                log.info(
-                    "order status changed",
-                    order=row.number,
-                    attempt=order.attempts,
-                    old=order.status,
-                    new=row.status,
-                    accrual=row.accrual,
-                )
-            else:
-                log.debug(
-                    "order rescheduled",
-                    order=row.number,
-                    attempt=order.attempts,
-                    status=row.status,
-                    delay=round(result.delay, 3),
-                )
+        if delays:
+            self._due.set_at(self._loop.time() + min(delays) + self._config.tunings.due_slack)
 
     # -- stop ---------------------------------------------------------------
 
-    async def _drain(self, applier: asyncio.Task[None]) -> None:
-        """Let in-flight calls finish for a moment, give back the rest, write it all."""
+    async def _finish_calls(self) -> None:
+        """Let in-flight calls finish for a moment, then give back the rest."""
         if self._tasks:
             _, unfinished = await asyncio.wait(set(self._tasks), timeout=self._config.stop_timeout)
             for task in unfinished:
@@ -363,13 +249,3 @@ class Worker:
             if unfinished:
                 await asyncio.wait(unfinished)
                 log.info("abandoned in-flight accrual calls", orders=len(unfinished))
-        self._closing = True
-        self._apply_wake.set()
-        if self._due_timer is not None:
-            self._due_timer.cancel()
-        try:
-            await asyncio.wait_for(applier, self._config.stop_timeout)
-        except TimeoutError:
-            log.warning(
-                "could not write back every answer before stopping; their leases will expire"
-            )

@@ -1,5 +1,7 @@
 """When to ask the accrual system again about an order that is not final yet."""
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -26,3 +28,25 @@ class Backoff:
         exponent = min(max(attempts - 1, 0), 64)  # no overflow on ancient orders
         early = min(self.cap, self.first * self.factor**exponent)
         return min(max(early, age * self.age_share), max(self.recheck_max, self.cap))
+
+
+class Alarm:
+    """Calls ``ring`` at the earliest time it was set for, with one timer at a time."""
+
+    def __init__(self, ring: Callable[[], None]) -> None:
+        self._ring = ring
+        self._timer: asyncio.TimerHandle | None = None
+
+    def set_at(self, when: float) -> None:
+        """Ring at ``when`` (loop time), unless already set to ring before then."""
+        loop = asyncio.get_running_loop()
+        timer = self._timer
+        if timer is not None and not timer.cancelled() and loop.time() < timer.when() <= when:
+            return
+        self.cancel()
+        self._timer = loop.call_at(when, self._ring)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
