@@ -68,7 +68,7 @@ async def test_serve_migrates_an_empty_database_processes_orders_and_stops(
     dsn = pg_server.dsn_for("worker_main_empty")
     fake = FakeAccrual(reply=lambda n: json_reply("PROCESSED", "7", n))
     server = await aiohttp_server(fake.app())  # type: ignore[operator]
-    # The address without a scheme, as the spec allows.
+    # The address without a scheme, with a trailing slash, as docs/accrual.md allows.
     settings = load(WorkerSettings, ["-d", dsn, "-r", f"127.0.0.1:{server.port}/"], environ={})
     stopping = asyncio.Event()
     running = asyncio.create_task(serve(settings, stopping))
