@@ -40,6 +40,7 @@ from api.sessions import Session
 from api.state import POOL, SETTINGS
 from db import events
 from db import sessions as db_sessions
+from shared.pg import WORTH_RETRYING
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +51,6 @@ SHUTDOWN = "shutdown"
 
 # The browser waits this long before reconnecting a dropped stream.
 RECONNECT_MS = 5000
-_LISTEN_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 # Is this session still valid? (Asked of the database, never of a cache.)
@@ -141,7 +141,7 @@ class EventHub:
         for stream in list(self._streams.get(user_id, ())):
             try:
                 valid = await self._still_valid(stream.session)
-            except _LISTEN_ERRORS as exc:  # keep it; EVENTS_MAX_AGE bounds the doubt
+            except WORTH_RETRYING as exc:  # keep it; EVENTS_MAX_AGE bounds the doubt
                 log.warning("cannot recheck an event stream's session", error=repr(exc))
                 continue
             if not valid and stream.ended is None:
@@ -172,13 +172,13 @@ class EventHub:
                     timeout=self._timeout,
                     server_settings={"application_name": "gophermart-api-events"},
                 )
-            except _LISTEN_ERRORS as exc:
+            except WORTH_RETRYING as exc:
                 log.warning("cannot connect to listen for user changes", error=repr(exc))
             else:
                 try:
                     await self._listen(conn)
                     backoff = 0.1
-                except _LISTEN_ERRORS as exc:
+                except WORTH_RETRYING as exc:
                     log.warning("user change listener lost", error=repr(exc))
                 finally:
                     self.listening.clear()

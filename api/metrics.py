@@ -21,7 +21,7 @@ from api.arrival import arrived
 from api.errors import CLIENT_GONE, client_gone
 from db import orders
 from shared.metrics import LATENCY_BUCKETS, ORDER_STATUSES, new_registry
-from shared.pg import PoolBusy
+from shared.pg import WORTH_RETRYING, PoolBusy
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +39,8 @@ _OUTCOME_ROUTES = {
 SHED_CAUSES = ("pool", "customer_connections", "customer_lists", "lists", "slow_statement")
 
 ORDERS_QUERY_TIMEOUT = 1.0
+# A scrape leaves the count out on these (a busy pool is no reason to wait).
+_COUNT_FAILED: tuple[type[BaseException], ...] = (*WORTH_RETRYING, PoolBusy)
 
 _Children = tuple[Counter, Histogram, Counter | None]
 
@@ -172,7 +174,7 @@ async def orders_by_status(
     try:
         async with asyncio.timeout(within):
             counted = await orders.count_by_status(pool)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, PoolBusy) as exc:
+    except _COUNT_FAILED as exc:
         log.warning("cannot count orders for metrics", error=repr(exc))
         return ()
     counts = dict.fromkeys(ORDER_STATUSES, 0) | counted

@@ -23,25 +23,13 @@ from api.metrics import METRICS
 from api.negotiation import accepts_gzip
 from api.state import SETTINGS
 from shared.logs import bounded
-from shared.pg import PoolBusy
+from shared.pg import DATABASE_DOWN, PoolBusy
 
 log = structlog.get_logger("api.access")
 
 # Client-supplied request ids are echoed only when they look like ids.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 COMPRESS_MIN_BYTES = 1024
-
-# Errors meaning "the database is not reachable right now": answered 503.
-DATABASE_DOWN = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.InternalClientError,
-)
 
 
 def _request_id(request: web.Request) -> str:

@@ -38,6 +38,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from prometheus_client import Counter
 
 from db import sessions as db_sessions
+from shared.pg import WORTH_RETRYING
 
 log = structlog.get_logger(__name__)
 
@@ -317,7 +318,7 @@ class RevocationListener:
                     timeout=self._timeout,
                     server_settings={"application_name": "gophermart-api-sessions"},
                 )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except WORTH_RETRYING as exc:
                 log.warning("cannot connect to listen for ended sessions", error=repr(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -325,7 +326,7 @@ class RevocationListener:
             backoff = 0.1
             try:
                 await self._listen(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except WORTH_RETRYING as exc:
                 log.warning("session listen connection lost", error=repr(exc))
             finally:
                 self._cache.listening = False

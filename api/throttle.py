@@ -20,6 +20,7 @@ from aiohttp import web
 
 from api.errors import ApiError
 from db import throttle
+from shared.pg import WORTH_RETRYING
 from shared.settings import ApiSettings
 
 log = structlog.get_logger(__name__)
@@ -188,7 +189,7 @@ async def sweep_forever(pool: asyncpg.Pool, every: float = SWEEP_EVERY) -> None:
         await asyncio.sleep(every)
         try:
             swept = await throttle.sweep(pool)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except WORTH_RETRYING as exc:
             log.warning("cannot sweep throttle rows", error=repr(exc))
             continue
         if swept:

@@ -21,7 +21,7 @@ from importlib import resources
 import asyncpg
 import structlog
 
-from shared.pg import SCHEMA
+from shared.pg import DATABASE_DOWN, SCHEMA
 
 log = structlog.get_logger(__name__)
 
@@ -151,7 +151,7 @@ async def migrate_when_ready(
         try:
             await migrate(dsn)
             return True
-        except (OSError, asyncpg.CannotConnectNowError) as exc:
+        except DATABASE_DOWN as exc:
             if loop.time() > give_up:
                 raise
             log.warning("database not reachable yet", error=repr(exc))

@@ -18,17 +18,6 @@ from db.gate import STATE_COLUMNS, GateState
 # The API's insert trigger notifies this channel of every new order.
 NEW_ORDER_CHANNEL = "gophermart_new_order"
 
-# What a lost connection, a restart or a timeout raises: worth trying again later.
-# InternalClientError: asyncpg losing track of a connection killed mid-operation
-# (seen during a fast shutdown); it derives from Exception alone.
-DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-    TimeoutError,
-)
-
 FINAL_STATUSES = frozenset({"INVALID", "PROCESSED"})
 
 

@@ -22,6 +22,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from shared.jsonio import dumps
+from shared.pg import WORTH_RETRYING
 from shared.settings import split_host_port
 
 log = structlog.get_logger(__name__)
@@ -42,9 +43,6 @@ ScrapeHook = Callable[[], Awaitable[Iterable[Metric]]]
 # Why the schema is not usable by this build (pending or unknown migrations), or None.
 SchemaCheck = Callable[[asyncpg.Connection], Awaitable[str | None]]
 
-# What a database that is down, restarting or unreachable raises.
-_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
 
 async def database_ready(pool: asyncpg.Pool, schema_problem: SchemaCheck) -> str | None:
     """Ready when PostgreSQL answers and the schema is exactly what this build knows.
@@ -57,7 +55,7 @@ async def database_ready(pool: asyncpg.Pool, schema_problem: SchemaCheck) -> str
             await conn.fetchval("SELECT 1")
             # The pool's proxy forwards every Connection method.
             problem = await schema_problem(cast(asyncpg.Connection, conn))
-    except _DATABASE_ERRORS as exc:
+    except WORTH_RETRYING as exc:
         return f"database unavailable: {type(exc).__name__}: {exc}"
     return problem
 

@@ -42,6 +42,31 @@ async def _keep_session(_: asyncpg.Connection) -> None:
     """
 
 
+# The database is down, restarting or out of reach: a lost or refused connection,
+# a network timeout, the server shutting down. Nothing the request did; the API
+# answers 503 and start-up waits. InternalClientError: asyncpg losing track of a
+# connection killed mid-operation (seen during a fast shutdown); it derives from
+# Exception alone.
+DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InternalClientError,
+)
+
+# Worth retrying later: the database down (above) or any error PostgreSQL
+# reports (a deadlock, a serialization failure, a statement or lock timeout).
+# What background loops, listeners and probes catch, log and try again. A
+# constraint or data error is a PostgresError too and fails again on the same
+# data: a caller that retries the same data sets those apart
+# (worker.loop.unappliable).
+WORTH_RETRYING: tuple[type[BaseException], ...] = (*DATABASE_DOWN, asyncpg.PostgresError)
+
+
 class PoolBusy(Exception):
     """No connection came free before the acquire deadline: overload, not an outage.
 

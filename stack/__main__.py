@@ -35,6 +35,7 @@ import structlog
 
 from shared import logs
 from shared.localpg import LocalPostgres, LocalPostgresError, PostgresNotFound, port_is_free
+from shared.pg import DATABASE_DOWN
 from shared.private_files import UnsafeFile, kept_secret
 from shared.settings import StackSettings, load, split_host_port, to_environ, with_scheme
 
@@ -145,7 +146,7 @@ async def _ensure_database(
         try:
             conn = await asyncpg.connect(server.dsn, timeout=2)
             break
-        except (OSError, asyncpg.CannotConnectNowError, TimeoutError):
+        except DATABASE_DOWN:
             if time.monotonic() > deadline:
                 raise StackError(
                     f"PostgreSQL did not accept connections within "

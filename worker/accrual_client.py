@@ -36,9 +36,9 @@ from tenacity import (
     wait_random,
 )
 
-from db.queue import DB_ERRORS
 from shared.jsonio import JSONInputError, loads_exact
 from shared.money import MAX_AMOUNT, round_half_up
+from shared.pg import WORTH_RETRYING
 from worker.gate import Gate
 from worker.repeats import Repeats
 from worker.stats import WorkerStats
@@ -334,7 +334,7 @@ class AccrualClient:
             )
             try:
                 await self._gate.record_429(seconds, rate)
-            except DB_ERRORS as exc:
+            except WORTH_RETRYING as exc:
                 # This process is paused already; the others learn at their next 429.
                 log.error("cannot record the accrual pause", error=repr(exc))
             return RateLimited(self._gate.policy.clamp(seconds), rate)

@@ -21,7 +21,7 @@ import asyncpg
 from db import gate as db_gate
 from db import queue
 from shared.jsonio import dumps
-from shared.pg import SCHEMA
+from shared.pg import SCHEMA, WORTH_RETRYING
 
 
 async def _gate_show(conn: asyncpg.Connection) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("DATABASE_URI (-d) must be set")
     try:
         result = asyncio.run(run(dsn, args.topic, args.action))
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except WORTH_RETRYING as exc:
         print(f"gophermart-admin: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(dumps(result).decode() + "\n")

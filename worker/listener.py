@@ -17,6 +17,7 @@ import structlog
 
 from db import gate as db_gate
 from db import queue
+from shared.pg import WORTH_RETRYING
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +59,7 @@ class Listener:
                     timeout=self._timeout,
                     server_settings={"application_name": "gophermart-worker-listen"},
                 )
-            except queue.DB_ERRORS as exc:
+            except WORTH_RETRYING as exc:
                 log.warning("cannot connect to listen", error=repr(exc), retry_in=backoff)
                 await self._pause(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, self._max_backoff)
@@ -66,7 +67,7 @@ class Listener:
             try:
                 await self._listen(conn)
                 backoff = 0.1
-            except queue.DB_ERRORS as exc:
+            except WORTH_RETRYING as exc:
                 log.warning("listen connection lost", error=repr(exc))
             finally:
                 self.connected.clear()
@@ -121,5 +122,5 @@ class Listener:
             return
         try:
             await asyncio.wait_for(conn.close(), 1.0)
-        except queue.DB_ERRORS:
+        except WORTH_RETRYING:
             conn.terminate()

@@ -17,6 +17,7 @@ import structlog
 from db import gate as db_gate
 from db import queue
 from db.executor import Executor
+from shared.pg import WORTH_RETRYING
 from worker.accrual_client import (
     AccrualClient,
     Answer,
@@ -92,7 +93,7 @@ class Worker:
 
     async def run(self) -> None:
         # Learn a pause or a limit before the first claim sizes its batch by them.
-        with contextlib.suppress(*queue.DB_ERRORS):
+        with contextlib.suppress(*WORTH_RETRYING):
             self._gate.note(await db_gate.read_gate(self._db))
         try:
             async with self._answers:
@@ -137,7 +138,7 @@ class Worker:
             self._wake.clear()
             try:
                 result = await queue.claim(self._db, limit=limit, lease=config.lease)
-            except queue.DB_ERRORS as exc:
+            except WORTH_RETRYING as exc:
                 failures += 1
                 log.warning("claim failed", error=repr(exc), failures=failures)
                 # Back off, but retry at once when the listener reconnects: the

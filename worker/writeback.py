@@ -25,6 +25,7 @@ import structlog
 
 from db import queue
 from db.executor import Executor
+from shared.pg import WORTH_RETRYING
 from worker.schedule import Backoff
 from worker.stats import WorkerStats
 from worker.tunings import Tunings
@@ -142,7 +143,7 @@ class WriteBack:
                 try:
                     applied = await self._write_isolated(batch)
                     break
-                except queue.DB_ERRORS as exc:
+                except WORTH_RETRYING as exc:
                     # The orders stay leased and come back when the lease ends.
                     log.warning(
                         "applying answers failed", error=repr(exc), orders=len(batch), try_=attempt
@@ -158,7 +159,7 @@ class WriteBack:
         """Write a batch; when one answer cannot be applied, split until it stands alone."""
         try:
             return await queue.apply_results(self._db, [r for _, r in batch])
-        except queue.DB_ERRORS as exc:
+        except WORTH_RETRYING as exc:
             if not unappliable(exc):
                 raise
             if len(batch) > 1:
