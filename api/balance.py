@@ -14,7 +14,8 @@ from db.balance import Withdrawal
 
 @login_required
 async def get_balance(request: web.Request, user_id: int) -> web.StreamResponse:
-    return json_response(await balance.balance(request.app[POOL], user_id))
+    found = await balance.balance(request.app[POOL], user_id)
+    return json_response({"current": found.current, "withdrawn": found.withdrawn})
 
 
 @login_required

@@ -70,7 +70,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         found = await users.credentials(pool, login)
         async with _hashing():
             ok = await request.app[PASSWORDS].verify(
-                found[1] if found else None, password, throttle.client_address(request)
+                found.password_hash if found else None, password, throttle.client_address(request)
             )
         attempt.verified = True
         if not ok or found is None:
@@ -78,7 +78,7 @@ async def login(request: web.Request) -> web.StreamResponse:
             raise ApiError(401, "wrong login or password")
         attempt.succeeded = True
     response = json_response({"status": "authenticated"})
-    hand_out(request, response, found[0], generation=found[2])
+    hand_out(request, response, found.user_id, generation=found.session_generation)
     return response
 
 

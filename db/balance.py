@@ -1,6 +1,7 @@
 """Balance and withdrawals: the guarded debit and what the user reads."""
 
 import enum
+from dataclasses import dataclass
 from decimal import Decimal
 
 import asyncpg
@@ -80,8 +81,14 @@ async def withdraw(pool: asyncpg.Pool, user_id: int, order: str, amount: Decimal
     return Withdrawal.CONFLICT
 
 
-async def balance(pool: asyncpg.Pool, user_id: int) -> dict[str, Decimal]:
+@dataclass(frozen=True, slots=True)
+class Balance:
+    current: Decimal  # points the user may spend
+    withdrawn: Decimal  # points spent so far
+
+
+async def balance(pool: asyncpg.Pool, user_id: int) -> Balance:
     row = await pool.fetchrow(_BALANCE, user_id)
     if row is None:
-        return {"current": Decimal(0), "withdrawn": Decimal(0)}
-    return {"current": row["current"], "withdrawn": row["withdrawn"]}
+        return Balance(Decimal(0), Decimal(0))
+    return Balance(row["current"], row["withdrawn"])

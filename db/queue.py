@@ -256,8 +256,21 @@ LIMIT $1
 """
 
 
-async def problem_orders(db: Executor, limit: int = 100) -> list[asyncpg.Record]:
-    return await db.fetch(_PROBLEMS, limit)
+@dataclass(frozen=True, slots=True)
+class ProblemOrder:
+    """An order whose answer could not be applied, as operators see it."""
+
+    number: str
+    login: str
+    status: str
+    attempts: int
+    problem: str  # why its answer was set aside
+    due_in: float  # seconds until it is asked again
+
+
+async def problem_orders(db: Executor, limit: int = 100) -> list[ProblemOrder]:
+    rows = await db.fetch(_PROBLEMS, limit)
+    return [ProblemOrder(**dict(r)) for r in rows]
 
 
 async def listen_ping(conn: asyncpg.Connection) -> None:

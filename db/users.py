@@ -1,5 +1,7 @@
 """Users: registration and the credentials login checks against."""
 
+from dataclasses import dataclass, field
+
 import asyncpg
 
 _REGISTER = """
@@ -25,7 +27,18 @@ async def register(pool: asyncpg.Pool, login: str, password_hash: str) -> int | 
     return user_id
 
 
-async def credentials(pool: asyncpg.Pool, login: str) -> tuple[int, str, int] | None:
-    """(user id, password hash, session generation) for a login, or None."""
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a login is checked against, and the session generation a token gets."""
+
+    user_id: int
+    password_hash: str = field(repr=False)  # no hash in a log line or a traceback
+    session_generation: int
+
+
+async def credentials(pool: asyncpg.Pool, login: str) -> Credentials | None:
+    """The credentials of a login, or None when there is no such user."""
     row = await pool.fetchrow(_CREDENTIALS, login)
-    return None if row is None else (row["id"], row["password_hash"], row["session_generation"])
+    if row is None:
+        return None
+    return Credentials(row["id"], row["password_hash"], row["session_generation"])

@@ -47,8 +47,8 @@ async def _gate_reset(conn: asyncpg.Connection) -> dict[str, Any]:
 
 
 async def _problems(conn: asyncpg.Connection) -> dict[str, Any]:
-    rows = await queue.problem_orders(conn)
-    return {"orders": [{**dict(r), "due_in": round(r["due_in"], 1)} for r in rows]}
+    found = await queue.problem_orders(conn)
+    return {"orders": [{**asdict(o), "due_in": round(o.due_in, 1)} for o in found]}
 
 
 _COMMANDS = {
