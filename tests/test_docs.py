@@ -208,3 +208,19 @@ def test_every_setting_is_in_the_readme_configuration_table_as_declared() -> Non
         if re.fullmatch(r"[0-9.]+", number) and float(number) != float(default):
             wrong.append(f"{env}: default {number}, declared {default}")
     assert not wrong, wrong
+
+
+def test_the_state_diagram_has_the_statuses_the_database_allows() -> None:
+    """docs/worker.md's diagram of an order: exactly the statuses of orders' CHECK."""
+    schema = _text(ROOT / "db" / "migrations" / "0001_init.sql")
+    allowed = re.search(r"CHECK \(status IN \(([^)]*)\)\)", schema)
+    assert allowed is not None
+    statuses = set(re.findall(r"'([A-Z]+)'", allowed.group(1)))
+    worker_md = _text(ROOT / "docs" / "worker.md")
+    diagram = re.search(r"```mermaid\n(stateDiagram-v2\n.*?)```", worker_md, re.S)
+    assert diagram is not None, "docs/worker.md has no Mermaid state diagram"
+    states = set(re.findall(r"\b([A-Z]{3,})\s*-->", diagram.group(1)))
+    states |= set(re.findall(r"-->\s*([A-Z]{3,})\b", diagram.group(1)))
+    assert states == statuses
+    final = set(re.findall(r"\b([A-Z]+) --> \[\*\]", diagram.group(1)))
+    assert final == {"INVALID", "PROCESSED"}  # what the write-back never changes again
