@@ -14,6 +14,7 @@ from typing import Any
 from accrual_sim.rules import Good, InvalidPayload, RuleBook, parse_goods
 from shared.jsonio import dumps
 from shared.luhn import is_order_number
+from shared.statuses import AccrualStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +52,9 @@ def make_order(
 ) -> Order:
     """An order whose final answer follows from its reward (None: no rule matched)."""
     if accrual is None and invalid_when_nothing:
-        final: dict[str, object] = {"order": number, "status": "INVALID"}
+        final: dict[str, object] = {"order": number, "status": AccrualStatus.INVALID}
     else:
-        final = {"order": number, "status": "PROCESSED"}
+        final = {"order": number, "status": AccrualStatus.PROCESSED}
         # Only something to credit is announced, as the real system does.
         if accrual:
             final["accrual"] = accrual
@@ -62,8 +63,8 @@ def make_order(
         registered_at=registered_at,
         final_status=str(final["status"]),
         accrual=accrual if accrual else None,
-        registered_body=dumps({"order": number, "status": "REGISTERED"}),
-        processing_body=dumps({"order": number, "status": "PROCESSING"}),
+        registered_body=dumps({"order": number, "status": AccrualStatus.REGISTERED}),
+        processing_body=dumps({"order": number, "status": AccrualStatus.PROCESSING}),
         final_body=dumps(final),
     )
 

@@ -20,8 +20,9 @@ from prometheus_client.metrics_core import Metric
 from api.arrival import arrived
 from api.errors import CLIENT_GONE, client_gone
 from db import orders
-from shared.metrics import LATENCY_BUCKETS, ORDER_STATUSES, new_registry
+from shared.metrics import LATENCY_BUCKETS, new_registry
 from shared.pg import WORTH_RETRYING, PoolBusy
+from shared.statuses import OrderStatus
 
 log = structlog.get_logger(__name__)
 
@@ -177,7 +178,8 @@ async def orders_by_status(
     except _COUNT_FAILED as exc:
         log.warning("cannot count orders for metrics", error=repr(exc))
         return ()
-    counts = dict.fromkeys(ORDER_STATUSES, 0) | counted
+    # Every status, so each labelled series exists from the first scrape.
+    counts = dict.fromkeys(OrderStatus, 0) | counted
     family = GaugeMetricFamily(
         "gophermart_orders", "Orders by status, counted at scrape time.", labels=("status",)
     )

@@ -20,12 +20,13 @@ import uvloop
 
 from shared.logs import configure
 from shared.pg import create_pool
+from shared.statuses import OrderStatus
 from worker.accrual_client import AccrualClient, Answer, Status
 from worker.gate import Gate
 from worker.loop import LoopConfig, Worker
 from worker.stats import WorkerStats
 
-ANSWER = Status("PROCESSED", Decimal("1.00"))
+ANSWER = Status(OrderStatus.PROCESSED, Decimal("1.00"))
 _DONE = "SELECT count(*) FROM ledger WHERE kind = 'accrual'"
 _RESULT = """SELECT count(*), extract(epoch FROM max(created_at) - $1)::float8
              FROM ledger WHERE kind = 'accrual'"""

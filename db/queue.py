@@ -18,8 +18,6 @@ from db.gate import STATE_COLUMNS, GateState
 # The API's insert trigger notifies this channel of every new order.
 NEW_ORDER_CHANNEL = "gophermart_new_order"
 
-FINAL_STATUSES = frozenset({"INVALID", "PROCESSED"})
-
 
 @dataclass(frozen=True, slots=True)
 class ClaimedOrder:

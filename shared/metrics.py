@@ -26,7 +26,3 @@ def new_registry() -> CollectorRegistry:
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     return registry
-
-
-# Every order status, so each labelled series exists from the first scrape.
-ORDER_STATUSES = ("NEW", "PROCESSING", "INVALID", "PROCESSED")

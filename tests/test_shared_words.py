@@ -1,11 +1,42 @@
-"""The words every process shares: the groups of database errors."""
+"""The words every process shares: order statuses and the groups of database errors."""
 
 import asyncio
+import re
 
 import asyncpg
 import pytest
 
 from shared.pg import DATABASE_DOWN, WORTH_RETRYING
+from shared.statuses import FINAL_STATUSES, AccrualStatus, OrderStatus
+
+_LITERAL = re.compile(r"'([A-Z]+)'::text")
+
+
+async def _literals(pool: asyncpg.Pool, sql: str, name: str) -> set[str]:
+    definition = await pool.fetchval(sql, name)
+    assert definition is not None, name
+    return set(_LITERAL.findall(definition))
+
+
+_CHECK = """SELECT pg_get_constraintdef(oid) FROM pg_constraint
+WHERE conname = $1 AND connamespace = 'gophermart'::regnamespace"""
+_INDEX = "SELECT indexdef FROM pg_indexes WHERE schemaname = 'gophermart' AND indexname = $1"
+
+
+async def test_the_databases_statuses_are_the_enums(pool: asyncpg.Pool) -> None:
+    # SQL spells the statuses as literals; these are the places where the
+    # schema holds them, each tied to the Python words.
+    assert await _literals(pool, _CHECK, "orders_status_check") == set(OrderStatus)
+    assert await _literals(pool, _CHECK, "order_status_counts_status_check") == FINAL_STATUSES
+    pending = {s for s in OrderStatus if not s.final}
+    for index in ("orders_due", "orders_queue"):  # the queue: what is not final
+        assert await _literals(pool, _INDEX, index) == pending
+
+
+def test_every_accrual_status_maps_to_ours_and_only_registered_is_renamed() -> None:
+    renamed = {s: s.ours for s in AccrualStatus if s.ours != s}
+    assert renamed == {AccrualStatus.REGISTERED: OrderStatus.NEW}
+    assert {s.ours for s in AccrualStatus} == set(OrderStatus)
 
 
 @pytest.mark.parametrize(

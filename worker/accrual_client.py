@@ -39,17 +39,11 @@ from tenacity import (
 from shared.jsonio import JSONInputError, loads_exact
 from shared.money import MAX_AMOUNT, round_half_up
 from shared.pg import WORTH_RETRYING
+from shared.statuses import AccrualStatus, OrderStatus
 from worker.gate import Gate
 from worker.repeats import Repeats
 from worker.stats import WorkerStats
 
-# Accrual system status -> ours.
-STATUS_MAP = {
-    "REGISTERED": "NEW",
-    "PROCESSING": "PROCESSING",
-    "INVALID": "INVALID",
-    "PROCESSED": "PROCESSED",
-}
 DEFAULT_RETRY_AFTER = 60.0
 MAX_RETRY_AFTER = 86400.0
 _RATE = re.compile(r"no more than\s+(\d+)\s+requests?\s+per\s+minute", re.IGNORECASE)
@@ -59,7 +53,7 @@ _RATE = re.compile(r"no more than\s+(\d+)\s+requests?\s+per\s+minute", re.IGNORE
 class Status:
     """A 200: the order's status in our terms, and the rounded accrual when PROCESSED."""
 
-    status: str
+    status: OrderStatus
     accrual: Decimal | None = None
 
 
@@ -126,10 +120,13 @@ def parse_order_answer(body: bytes, number: str) -> Status:
     if order != number:
         raise MalformedAnswer("order", f"answer is about order {str(order)[:80]!r}")
     raw_status = data.get("status")
-    status = STATUS_MAP.get(raw_status) if isinstance(raw_status, str) else None
-    if status is None:
-        raise MalformedAnswer("shape", f"unknown status {str(raw_status)[:80]!r}")
-    if status != "PROCESSED":
+    try:
+        if not isinstance(raw_status, str):
+            raise ValueError(raw_status)
+        status = AccrualStatus(raw_status).ours
+    except ValueError:
+        raise MalformedAnswer("shape", f"unknown status {str(raw_status)[:80]!r}") from None
+    if status != OrderStatus.PROCESSED:
         return Status(status)
     raw = data.get("accrual")
     if raw is None:

@@ -18,6 +18,7 @@ from db import gate as db_gate
 from db import queue
 from db.executor import Executor
 from shared.pg import WORTH_RETRYING
+from shared.statuses import FINAL_STATUSES, OrderStatus
 from worker.accrual_client import (
     AccrualClient,
     Answer,
@@ -201,11 +202,11 @@ class Worker:
         # rarely as they age; one it is processing keeps the short schedule.
         again = backoff.delay(order.attempts, order.age)
         match answer:
-            case Status(status="PROCESSED" | "INVALID" as status, accrual=accrual):
+            case Status(status=status, accrual=accrual) if status.final:
                 return queue.Result(order.id, order.attempts, status, accrual, 0.0)
-            case Status(status="PROCESSING"):
+            case Status(status=OrderStatus.PROCESSING as status):
                 return queue.Result(
-                    order.id, order.attempts, "PROCESSING", None, backoff.delay(order.attempts)
+                    order.id, order.attempts, status, None, backoff.delay(order.attempts)
                 )
             case Status(status=status):
                 return queue.Result(order.id, order.attempts, status, None, again)
@@ -234,7 +235,7 @@ class Worker:
         The claim's own "next due" cannot see orders that were still leased
         then, and a re-check due in half a second must not wait for the next poll.
         """
-        changed = {row.id for row in applied if row.status not in queue.FINAL_STATUSES}
+        changed = {row.id for row in applied if row.status not in FINAL_STATUSES}
         delays = [r.delay for _, r in batch if r.id in changed]
         if delays:
             self._due.set_at(self._loop.time() + min(delays) + self._config.tunings.due_slack)

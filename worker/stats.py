@@ -7,7 +7,8 @@ once, so recording is a dict lookup and a locked add.
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.metrics import LATENCY_BUCKETS, ORDER_STATUSES, new_registry
+from shared.metrics import LATENCY_BUCKETS, new_registry
+from shared.statuses import OrderStatus
 
 # Outcomes of one accrual HTTP attempt (retries count one each).
 ACCRUAL_OUTCOMES = ("200", "204", "429", "5xx", "error")
@@ -79,7 +80,7 @@ class WorkerStats:
             ("status",),
             registry=self.registry,
         )
-        self._applied = {s: applied.labels(s) for s in ORDER_STATUSES}
+        self._applied: dict[str, Counter] = {s: applied.labels(s) for s in OrderStatus}
         self._rescheduled = Counter(
             "gophermart_worker_orders_rescheduled",
             "Orders put back for later after a failed or paused accrual call.",
@@ -153,7 +154,7 @@ class WorkerStats:
     def summary(self) -> dict[str, int]:
         return {
             **{f"calls_{o}": self.calls(o) for o in ACCRUAL_OUTCOMES},
-            **{f"applied_{s.lower()}": self.applied_count(s) for s in ORDER_STATUSES},
+            **{f"applied_{s.lower()}": self.applied_count(s) for s in OrderStatus},
             "rescheduled": self._read("gophermart_worker_orders_rescheduled_total"),
             "malformed": self.malformed_answers,
             "set_aside": self.set_aside_count,
