@@ -11,6 +11,12 @@ from api.state import POOL
 from db import balance
 from db.balance import Withdrawal
 
+# PostgreSQL writes each listed withdrawal's JSON itself, with no Python object
+# per row (db/pages.py); these are the names it writes.
+WITHDRAWALS = balance.withdrawals(
+    balance.WithdrawalNames(order_number="order", amount="sum", created_at="processed_at")
+)
+
 
 @login_required
 async def get_balance(request: web.Request, user_id: int) -> web.StreamResponse:
@@ -35,4 +41,4 @@ async def withdraw(request: web.Request, user_id: int) -> web.StreamResponse:
 
 @login_required
 async def list_withdrawals(request: web.Request, user_id: int) -> web.StreamResponse:
-    return await respond(request, user_id, balance.WITHDRAWALS)
+    return await respond(request, user_id, WITHDRAWALS)

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from api import orders as api_orders
 from bench import pgbench, seed, wrk
 from bench.context import Ctx
 from bench.ordernums import numbers
@@ -50,7 +51,7 @@ ENDPOINTS = (
         "/api/user/orders",
         "get_token",
         200,
-        first_page(orders._LIST),
+        first_page(api_orders.LISTING.page),
     ),
     Endpoint(
         "POST /api/user/orders (fresh numbers)",

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from db.pages import Listing, boundary_statement, page_statement
+from db.pages import Listing, boundary_statement, json_keys, page_statement
 
 # One statement, so one atomic unit: the debit happens only when the balance
 # covers it (the row lock serialises concurrent debits, CHECK is the
@@ -38,20 +38,33 @@ SELECT user_id, amount FROM ledger WHERE kind = $2 AND order_number = $1
 
 _BALANCE = "SELECT current, withdrawn FROM balances WHERE user_id = $1"
 
-# One withdrawal as the API's JSON object (money and time as in db/orders.py).
-_WITHDRAWAL_JSON = """'{"order":' || to_json(order_number)::text
-    || ',"sum":' || trim_scale(amount)::text
-    || ',"processed_at":'
-    || rtrim(to_json(date_trunc('second', created_at AT TIME ZONE 'UTC'))::text, '"')
-    || '+00:00"}'"""
-
 _WITHDRAWAL_ROWS = "kind = 'withdrawal' AND "
-WITHDRAWALS = Listing(
-    page=page_statement(
-        table="ledger", time="created_at", where=_WITHDRAWAL_ROWS, item=_WITHDRAWAL_JSON
-    ),
-    boundary=boundary_statement(table="ledger", time="created_at", where=_WITHDRAWAL_ROWS),
-)
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalNames:
+    """The JSON name of each field of a listed withdrawal: the API's words (api/balance.py)."""
+
+    order_number: str
+    amount: str
+    created_at: str
+
+
+def withdrawals(names: WithdrawalNames) -> Listing:
+    """A user's withdrawals, each written by PostgreSQL as a JSON object under ``names``.
+
+    Money and time are written as in ``db.orders.listing``.
+    """
+    k = json_keys(names)
+    item = f"""'{{{k["order_number"]}' || to_json(order_number)::text
+    || ',{k["amount"]}' || trim_scale(amount)::text
+    || ',{k["created_at"]}'
+    || rtrim(to_json(date_trunc('second', created_at AT TIME ZONE 'UTC'))::text, '"')
+    || '+00:00"}}'"""
+    return Listing(
+        page=page_statement(table="ledger", time="created_at", where=_WITHDRAWAL_ROWS, item=item),
+        boundary=boundary_statement(table="ledger", time="created_at", where=_WITHDRAWAL_ROWS),
+    )
 
 
 # Raised by migration 0006's trigger: the number belongs to another customer's order.

@@ -1,11 +1,12 @@
 """Orders as the API sees them: upload and list."""
 
 import enum
+from dataclasses import dataclass
 
 import asyncpg
 
 from db.balance import OWNER_GUARD
-from db.pages import Listing, boundary_statement, page_statement
+from db.pages import Listing, boundary_statement, json_keys, page_statement
 
 # The advisory lock on the number (held to commit, as by _WITHDRAW) serialises
 # an upload with a withdrawal on the same number, so migration 0006's owner
@@ -23,23 +24,35 @@ UNION ALL
 SELECT user_id, false FROM orders WHERE number = $1
 """
 
-# One order as the API's JSON object: accrual only on PROCESSED orders, money
-# as an exact number without trailing zeros, the time in UTC to the second.
-# No "HH:MI" format: pgbench, which runs these statements too, reads ":MI" as a
-# variable.
-_ORDER_JSON = """'{"number":' || to_json(number)::text || ',"status":"' || status || '"'
-    || CASE WHEN status = 'PROCESSED' THEN ',"accrual":' || trim_scale(accrual)::text
-       ELSE '' END
-    || ',"uploaded_at":'
-    || rtrim(to_json(date_trunc('second', uploaded_at AT TIME ZONE 'UTC'))::text, '"')
-    || '+00:00"}'"""
 
-LISTING = Listing(
-    page=page_statement(table="orders", time="uploaded_at", where="", item=_ORDER_JSON),
-    boundary=boundary_statement(table="orders", time="uploaded_at", where=""),
-)
-# The statement a list request runs (the benchmark's pgbench baseline uses it).
-_LIST = LISTING.page
+@dataclass(frozen=True, slots=True)
+class OrderNames:
+    """The JSON name of each field of a listed order: the API's words (api/orders.py)."""
+
+    number: str
+    status: str
+    accrual: str
+    uploaded_at: str
+
+
+def listing(names: OrderNames) -> Listing:
+    """A user's orders, each written by PostgreSQL as a JSON object under ``names``.
+
+    Accrual only on PROCESSED orders, money as an exact number without
+    trailing zeros, the time in UTC to the second. No "HH:MI" format:
+    pgbench, which runs these statements too, reads ":MI" as a variable.
+    """
+    k = json_keys(names)
+    item = f"""'{{{k["number"]}' || to_json(number)::text || ',{k["status"]}"' || status || '"'
+    || CASE WHEN status = 'PROCESSED' THEN ',{k["accrual"]}' || trim_scale(accrual)::text
+       ELSE '' END
+    || ',{k["uploaded_at"]}'
+    || rtrim(to_json(date_trunc('second', uploaded_at AT TIME ZONE 'UTC'))::text, '"')
+    || '+00:00"}}'"""
+    return Listing(
+        page=page_statement(table="orders", time="uploaded_at", where="", item=item),
+        boundary=boundary_statement(table="orders", time="uploaded_at", where=""),
+    )
 
 
 class Upload(enum.Enum):

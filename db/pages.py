@@ -6,18 +6,25 @@ one short statement that continues after the last row of the one before
 between pages and no page costs more than the one before it. PostgreSQL
 writes each page as the comma-separated JSON objects of the API's answer, so
 the API never builds a Python object per row: it only frames and forwards
-bytes.
+bytes. The JSON names are the API's: it hands them to the list's builder
+(``db.orders.listing``, ``db.balance.withdrawals``), which writes them into
+the statement once, at import.
 
 Rows never move in these orders (the time is set once, at insert), and new
 rows are newer than any cursor, so paging through a list that changes meanwhile
 neither repeats nor skips a row.
 """
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # Rows per page: a page is about 110 KB of JSON and a millisecond or two of
 # PostgreSQL's time, short enough that other requests interleave between pages.
@@ -27,6 +34,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Before every row: the first page of a list.
 _START = (datetime.max.replace(tzinfo=UTC), 2**63 - 1)
 _CURSOR = re.compile(r"^(-?[0-9]{1,17})_([0-9]{1,19})$")
+# A JSON name the statements can carry as is: no quoting in SQL or in JSON.
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,17 @@ class Listing:
 
     page: str
     boundary: str
+
+
+def json_keys(names: "DataclassInstance") -> dict[str, str]:
+    """Each field of a dataclass of JSON names as the key it writes: ``'"name":'``."""
+    keys = {}
+    for field in dataclasses.fields(names):
+        name = getattr(names, field.name)
+        if not (isinstance(name, str) and _NAME.fullmatch(name)):
+            raise ValueError(f"{field.name}: {name!r} is not a plain lower-case JSON name")
+        keys[field.name] = f'"{name}":'
+    return keys
 
 
 def page_statement(*, table: str, time: str, where: str, item: str) -> str:

@@ -10,7 +10,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from api.app import create_app
-from db.pages import PAGE_ROWS, Cursor
+from db import orders
+from db.balance import WithdrawalNames
+from db.pages import PAGE_ROWS, Cursor, json_keys
 from shared.jsonio import dumps
 from shared.settings import ApiSettings
 from tests.helpers import SECRET, register
@@ -224,3 +226,18 @@ def test_cursor_text_round_trips_to_the_microsecond() -> None:
     ):
         cursor = Cursor(at, 42)
         assert Cursor.parse(cursor.text()) == cursor
+
+
+def test_a_json_name_the_statement_cannot_carry_as_is_is_refused() -> None:
+    # Names go into the SQL text and the JSON unquoted: anything but a plain word is refused.
+    with pytest.raises(ValueError, match="accrual"):
+        orders.listing(
+            orders.OrderNames(
+                number="number", status="status", accrual="x', 'y", uploaded_at="uploaded_at"
+            )
+        )
+    assert json_keys(WithdrawalNames("order", "sum", "processed_at")) == {
+        "order_number": '"order":',
+        "amount": '"sum":',
+        "created_at": '"processed_at":',
+    }

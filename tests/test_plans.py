@@ -1,7 +1,9 @@
 """Plans that cannot rot: every statement in db/ reaches the big tables through an index.
 
 Statements are discovered, not listed: every module-level SQL string in the
-``db`` package is checked, so a new hot statement is checked the day it lands.
+``db`` package is checked, and so are the list statements ``api`` modules
+build from db's pieces with their JSON names (``api.orders.LISTING``), so a
+new hot statement is checked the day it lands.
 Each one is prepared on a connection with the pools' own session settings and
 explained under ``plan_cache_mode = force_generic_plan`` (the plan a connection
 caches and reuses whatever the table grows to) and ``force_custom_plan``, on
@@ -22,6 +24,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+import api
 import db
 from shared.pg import SERVER_SETTINGS
 
@@ -50,27 +53,33 @@ def _is_sql(value: object) -> bool:
 
 
 def statements() -> dict[str, str]:
-    """``module.NAME`` -> SQL for every module-level SQL string under ``db``.
+    """``module.NAME`` -> SQL for every module-level SQL string under ``db`` and ``api``.
 
-    Strings held by a module-level dataclass (``orders.LISTING.boundary``) count
-    too; a statement reachable under two names is checked once.
+    Strings held by a module-level dataclass (``api.orders.LISTING.boundary``)
+    count too; a statement reachable under two names is checked once. Labels
+    of ``db`` modules leave the package out (``queue.CLAIM``).
     """
     found: dict[str, str] = {}
-    for module_info in pkgutil.iter_modules(db.__path__):
-        module = importlib.import_module(f"db.{module_info.name}")
-        for name, value in vars(module).items():
-            if not name.lstrip("_").isupper():
-                continue
-            label = f"{module_info.name}.{name.lstrip('_')}"
-            candidates = {label: value}
-            if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                candidates = {
-                    f"{label}.{f.name}": getattr(value, f.name) for f in dataclasses.fields(value)
-                }
-            for key, sql in candidates.items():
-                if _is_sql(sql) and sql not in found.values():
-                    found[key] = sql
+    for package, prefix in ((db, ""), (api, "api.")):
+        for module_info in pkgutil.iter_modules(package.__path__):
+            module = importlib.import_module(f"{package.__name__}.{module_info.name}")
+            _collect(found, f"{prefix}{module_info.name}", vars(module))
     return found
+
+
+def _collect(found: dict[str, str], module: str, names: dict[str, object]) -> None:
+    for name, value in names.items():
+        if not name.lstrip("_").isupper():
+            continue
+        label = f"{module}.{name.lstrip('_')}"
+        candidates = {label: value}
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            candidates = {
+                f"{label}.{f.name}": getattr(value, f.name) for f in dataclasses.fields(value)
+            }
+        for key, sql in candidates.items():
+            if _is_sql(sql) and sql not in found.values():
+                found[key] = sql
 
 
 STATEMENTS = statements()
@@ -214,8 +223,9 @@ def test_statements_are_discovered() -> None:
     # The hot statements of every module: if discovery breaks, this test says so.
     for name in (
         "orders.UPLOAD",
-        "orders.LISTING.page",
-        "orders.LISTING.boundary",
+        "api.orders.LISTING.page",
+        "api.orders.LISTING.boundary",
+        "api.balance.WITHDRAWALS.page",
         "balance.WITHDRAW",
         "balance.BALANCE",
         "users.CREDENTIALS",
