@@ -308,6 +308,25 @@ def test_the_image_contains_every_package_the_console_scripts_need() -> None:
     assert ".venv" in ignored and ".git" in ignored
 
 
+def test_every_data_file_of_a_package_ships_in_its_wheel() -> None:
+    # The image installs a wheel, not the tree: a file the code reads at run time
+    # (migrations, the page's files, the OpenAPI document) must be package data.
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    tracked = subprocess.run(
+        ["git", "ls-files", *setuptools["packages"]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    data = [Path(name) for name in tracked if not name.endswith(".py")]
+    assert Path("api/openapi.yaml") in data
+    for path in data:
+        package, inside = path.parts[0], Path(*path.parts[1:])
+        globs = setuptools["package-data"].get(package, [])
+        assert any(inside.match(glob) for glob in globs), f"{path} is not package data"
+
+
 # --- make compose-check's derived files ----------------------------------------
 
 
