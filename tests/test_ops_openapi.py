@@ -312,6 +312,18 @@ async def test_real_responses_conform_to_the_document(
     await check(client, "GET", "/readyz", 200)
 
 
+async def test_every_change_from_another_site_is_a_documented_403(client: TestClient) -> None:
+    # The cross-site guard answers before any handler, so every state-changing
+    # operation must document it, a future one included.
+    await register(client, "carol")  # the cookie jar holds a session from now on
+    changes = [(path, method) for path, method in documented_operations() if method != "get"]
+    assert len(changes) == 6
+    for path, method in changes:
+        await check(
+            client, method.upper(), path, 403, headers={"Origin": "https://elsewhere.example"}
+        )
+
+
 async def test_login_throttling_answers_429_with_retry_after(
     aiohttp_client: Any, api_settings: ApiSettings
 ) -> None:
