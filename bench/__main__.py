@@ -23,7 +23,7 @@ from types import FrameType
 from bench import anchor, fairness_bench, http_bench, overload_bench, pgbench, worker_bench, wrk
 from bench.context import Ctx
 from bench.plan import FULL, SMOKE, Plan
-from bench.report import Row, table, update_results
+from bench.report import Row, publish
 from bench.stack import Stack
 from shared.logs import configure
 from shared.settings import ApiSettings
@@ -157,31 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     how = f"`python -m bench{flags}`"
     if not args.only:
         how = f"`{command}` ({how})"
-    text = "\n".join(
-        [
-            f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with {how}, {plan.name} plan, "
-            f"{elapsed:.0f} s.",
-            "",
-            f"Machine: {machine}. Load generators (wrk -t1 -c{plan.connections}, pgbench -j1 "
-            f"-c{ApiSettings.db_pool_max} = the API's pool) share these cores with the servers "
-            "and PostgreSQL; PostgreSQL runs with fsync, synchronous_commit and "
-            "full_page_writes off (`LocalPostgres(fast=True)`).",
-            "",
-            table(rows),
-            "",
-        ]
+    header = (
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with {how}, {plan.name} plan, "
+        f"{elapsed:.0f} s.\n\n"
+        f"Machine: {machine}. Load generators (wrk -t1 -c{plan.connections}, pgbench -j1 "
+        f"-c{ApiSettings.db_pool_max} = the API's pool) share these cores with the servers "
+        "and PostgreSQL; PostgreSQL runs with fsync, synchronous_commit and "
+        "full_page_writes off (`LocalPostgres(fast=True)`)."
     )
-    print(text)
-    if partial:
-        results.parent.mkdir(parents=True, exist_ok=True)
-        results.write_text(text)
-    else:
-        update_results(results, text)
-    failed = [r.figure for r in rows if r.problem]
-    if failed:
-        print(f"untrustworthy figures: {'; '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return publish(header, rows, results, whole_file=partial)
 
 
 if __name__ == "__main__":

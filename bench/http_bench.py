@@ -1,24 +1,26 @@
 """HTTP figures: each endpoint under wrk, against aiohttp's and PostgreSQL's ceilings."""
 
-import asyncio
 from dataclasses import dataclass
 from decimal import Decimal
 
 import asyncpg
 
 from api import orders as api_orders
-from bench import pgbench, seed, wrk
+from bench import pgbench, seed, under_load, wrk
 from bench.context import Ctx
 from bench.ordernums import numbers
 from bench.procs import Proc
 from bench.report import Row, ms, pct, rate
 from bench.stack import url
+from bench.under_load import Traffic, UnderLoad
 from db import balance, orders, users
 from db.pages import PAGE_ROWS, START
 from shared.localpg import free_port
 from shared.settings import ApiSettings
 
 CREDENTIALS_SQL = users._CREDENTIALS
+# How much slower a probe's p99 may get beside a login storm or a registration flood.
+MAX_SLOWDOWN = 3.0
 
 
 def first_page(sql: str) -> str:
@@ -196,47 +198,24 @@ async def _hello(ctx: Ctx) -> wrk.WrkResult:
 async def _login_storm(ctx: Ctx, base: str, tokens: object, creds: object) -> Row:
     """Balance p99 while clients log in non-stop, against its p99 without them."""
     plan, work = ctx.plan, ctx.work_dir
-    probe = wrk.script("get_token", work)
-
-    def balance_probe() -> "asyncio.Task[wrk.WrkResult]":
-        return asyncio.create_task(
-            wrk.run(
-                ctx.wrk,
-                base + "/api/user/balance",
-                probe,
-                seconds=plan.wrk_seconds,
-                connections=plan.storm_probe_connections,
-                expected=200,
-                args=(str(tokens),),
-            )
-        )
-
-    quiet = await balance_probe()
-    storm = asyncio.create_task(
-        wrk.run(
-            ctx.wrk,
-            base + "/api/user/login",
-            wrk.script("login", work),
-            seconds=plan.wrk_seconds + 1,
-            connections=plan.storm_connections,
-            expected=200,
-            args=(str(creds),),
-        )
+    balance = Traffic(
+        "/api/user/balance",
+        wrk.script("get_token", work),
+        plan.storm_probe_connections,
+        (str(tokens),),
     )
-    await asyncio.sleep(0.5)  # the storm is raging before the probe starts
-    loud = await balance_probe()
-    logins = await storm
-    ratio = loud.p99_ms / quiet.p99_ms if quiet.p99_ms else float("inf")
-    problems = [p for p in (quiet.problem, loud.problem, logins.problem) if p]
-    return Row(
+    logins = Traffic(
+        "/api/user/login", wrk.script("login", work), plan.storm_connections, (str(creds),)
+    )
+    storm = await under_load.measure(ctx, base, balance, logins)
+    loud = storm.loud
+    return _slowdown_row(
         f"GET /api/user/balance p99 during a login storm ({plan.storm_connections} clients "
         f"logging in, {plan.storm_probe_connections} reading)",
-        f"p99 {ms(loud.p99_ms)} ({rate(loud.rps, 'req/s')}; logins {rate(logins.rps, 'req/s')})",
-        baseline=f"quiet p99 {ms(quiet.p99_ms)} ({rate(quiet.rps, 'req/s')})",
-        ratio=f"{ratio:.1f}x quiet p99",
-        target="≤ 3x quiet p99",
-        passed=ratio <= 3.0,
-        problem="; ".join(problems) or None,
+        f"p99 {ms(loud.p99_ms)} ({rate(loud.rps, 'req/s')}; logins "
+        f"{rate(storm.load.rps, 'req/s')})",
+        storm,
+        storm.load.problem,
     )
 
 
@@ -253,64 +232,37 @@ async def _registration_flood(ctx: Ctx, base: str, creds: object) -> Row:
     the rest at once, so the flood must not make logins wait behind it.
     """
     plan, work = ctx.plan, ctx.work_dir
-    login = wrk.script("login", work)
-
-    def login_probe() -> "asyncio.Task[wrk.WrkResult]":
-        return asyncio.create_task(
-            wrk.run(
-                ctx.wrk,
-                base + "/api/user/login",
-                login,
-                seconds=plan.wrk_seconds,
-                connections=plan.storm_probe_connections,
-                expected=200,
-                args=(str(creds),),
-            )
-        )
-
-    quiet = await login_probe()
-    flood = asyncio.create_task(
-        wrk.run(
-            ctx.wrk,
-            base + "/api/user/register",
-            wrk.script("register", work),
-            seconds=plan.wrk_seconds + 1,
-            connections=plan.storm_connections,
-            expected=200,
-            args=("", "9"),
-        )
+    logins = Traffic(
+        "/api/user/login",
+        wrk.script("login", work),
+        plan.storm_probe_connections,
+        (str(creds),),
     )
-    await asyncio.sleep(0.5)  # the flood is on before the probe starts
-    loud = await login_probe()
-    registrations = await flood
-    ratio = loud.p99_ms / quiet.p99_ms if quiet.p99_ms else float("inf")
-    refused = sum(n for code, n in registrations.statuses.items() if code in _FLOOD_REFUSALS)
-    done = registrations.statuses.get(200, 0)
-    flood_problem = (
-        ", ".join(
-            [
-                f"{n}x{code}"
-                for code, n in sorted(registrations.unexpected.items())
-                if code not in _FLOOD_REFUSALS
-            ]
-            + (
-                [f"{registrations.socket_errors} socket errors"]
-                if registrations.socket_errors
-                else []
-            )
-        )
-        or None
+    registrations = Traffic(
+        "/api/user/register", wrk.script("register", work), plan.storm_connections, ("", "9")
     )
-    problems = [p for p in (quiet.problem, loud.problem, flood_problem) if p]
-    return Row(
+    flood = await under_load.measure(ctx, base, logins, registrations)
+    loud, registered = flood.loud, flood.load
+    refused = sum(n for code, n in registered.statuses.items() if code in _FLOOD_REFUSALS)
+    done = registered.statuses.get(200, 0)
+    return _slowdown_row(
         f"POST /api/user/login p99 during a registration flood ({plan.storm_connections} "
         f"clients registering, {plan.storm_probe_connections} logging in)",
         f"p99 {ms(loud.p99_ms)} ({rate(loud.rps, 'req/s')}; registrations "
-        f"{done / registrations.seconds:.0f}/s done, {refused / registrations.seconds:.0f}/s "
+        f"{done / registered.seconds:.0f}/s done, {refused / registered.seconds:.0f}/s "
         f"refused 503)",
-        baseline=f"quiet p99 {ms(quiet.p99_ms)} ({rate(quiet.rps, 'req/s')})",
-        ratio=f"{ratio:.1f}x quiet p99",
-        target="≤ 3x quiet p99",
-        passed=ratio <= 3.0,
-        problem="; ".join(problems) or None,
+        flood,
+        registered.problem_besides(_FLOOD_REFUSALS),
+    )
+
+
+def _slowdown_row(figure: str, measured: str, run: UnderLoad, of_load: str | None) -> Row:
+    return Row(
+        figure,
+        measured,
+        baseline=run.baseline,
+        ratio=run.ratio,
+        target=f"≤ {MAX_SLOWDOWN:.0f}x quiet p99",
+        passed=run.slowdown <= MAX_SLOWDOWN,
+        problem=run.problem(of_load),
     )

@@ -8,17 +8,17 @@ API process with nobody listing, and the API's peak RSS (VmHWM) is read at the
 end: the process is fresh, so it is this scenario's peak.
 """
 
-import asyncio
 from pathlib import Path
 
 import asyncpg
 
-from bench import seed, wrk
+from bench import seed, under_load, wrk
 from bench.context import Ctx
 from bench.ordernums import numbers
 from bench.procs import peak_rss_mib
 from bench.report import Row, ms, rate
 from bench.stack import url
+from bench.under_load import Traffic
 from shared.pg import SCHEMA
 
 BALANCE_P99_MS = 100.0
@@ -52,47 +52,15 @@ async def run(ctx: Ctx) -> list[Row]:
     tokens = seed.write_lines(work / "readers.txt", [u.token for u in readers])
     hoarder_token = seed.write_lines(work / "hoarder.txt", [hoarder.token])
     probe = wrk.script("get_token", work)
-
-    def balance_probe() -> "asyncio.Task[wrk.WrkResult]":
-        return asyncio.create_task(
-            wrk.run(
-                ctx.wrk,
-                base + "/api/user/balance",
-                probe,
-                seconds=plan.wrk_seconds,
-                connections=plan.storm_probe_connections,
-                expected=200,
-                args=(str(tokens),),
-            )
-        )
-
-    quiet = await balance_probe()
-    lists = asyncio.create_task(
-        wrk.run(
-            ctx.wrk,
-            base + "/api/user/orders",
-            probe,
-            seconds=plan.wrk_seconds + 1,
-            connections=plan.hoard_connections,
-            expected=200,
-            args=(str(hoarder_token),),
-        )
-    )
-    await asyncio.sleep(0.5)  # the lists are in flight before the probe starts
-    loud = await balance_probe()
-    listed = await lists
+    balance = Traffic("/api/user/balance", probe, plan.storm_probe_connections, (str(tokens),))
+    lists = Traffic("/api/user/orders", probe, plan.hoard_connections, (str(hoarder_token),))
+    hoard = await under_load.measure(ctx, base, balance, lists)
     rss = [peak_rss_mib(pid) * 1024 * 1024 / 1e6 for pid in api_processes(api.pid)]
     stack.stop(api)
 
-    # 429 is the hoarder's expected answer beyond LIST_CONCURRENCY; anything else is not.
-    odd = {code: n for code, n in listed.statuses.items() if code not in (200, 429)}
-    list_problem = "; ".join(
-        [f"{n}x{code}" for code, n in sorted(odd.items())]
-        + ([f"{listed.socket_errors} socket errors"] if listed.socket_errors else [])
-    )
+    loud, listed = hoard.loud, hoard.load
     full = listed.statuses.get(200, 0) / listed.seconds
     refused = listed.statuses.get(429, 0) / listed.seconds
-    problems = [p for p in (quiet.problem, loud.problem, list_problem or None) if p]
     figure = (
         f"GET /api/user/balance p99 while one customer keeps {plan.hoard_connections} "
         f"GET /api/user/orders of {plan.hoard_orders:,} orders in flight "
@@ -103,11 +71,12 @@ async def run(ctx: Ctx) -> list[Row]:
             figure,
             f"p99 {ms(loud.p99_ms)} ({rate(loud.rps, 'req/s')}); lists: "
             f"{rate(full, 'full/s')}, {rate(refused, 'refused/s')} (429)",
-            baseline=f"quiet p99 {ms(quiet.p99_ms)} ({rate(quiet.rps, 'req/s')})",
-            ratio=f"{loud.p99_ms / quiet.p99_ms:.1f}x quiet p99" if quiet.p99_ms else "n/a",
+            baseline=hoard.baseline,
+            ratio=hoard.ratio,
             target=f"< {BALANCE_P99_MS:.0f} ms",
             passed=loud.p99_ms < BALANCE_P99_MS,
-            problem="; ".join(problems) or None,
+            # 429 is the hoarder's expected answer beyond LIST_CONCURRENCY; nothing else is.
+            problem=hoard.problem(listed.problem_besides({429})),
         ),
         Row(
             f"peak RSS of each API process in the scenario above (VmHWM; {len(rss)} processes)",

@@ -15,14 +15,12 @@ from pathlib import Path
 from shared.pg import SERVER_SETTINGS
 
 _TPS = re.compile(r"^tps = ([\d.]+)", re.MULTILINE)
-_LATENCY = re.compile(r"^latency average = ([\d.]+) ms", re.MULTILINE)
 _PARAM = re.compile(r"\$(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
 class PgbenchResult:
     tps: float
-    latency_ms: float
 
 
 def pgbench_binary(bindir: Path) -> str:
@@ -72,13 +70,8 @@ async def run(
     )
     out, _ = await proc.communicate()
     text = out.decode(errors="replace")
-    tps, latency = _TPS.search(text), _LATENCY.search(text)
+    tps = _TPS.search(text)
     failed = re.search(r"number of failed transactions: (\d+)", text)
-    if (
-        proc.returncode != 0
-        or tps is None
-        or latency is None
-        or (failed is not None and int(failed.group(1)) > 0)
-    ):
+    if proc.returncode != 0 or tps is None or (failed is not None and int(failed.group(1)) > 0):
         raise RuntimeError(f"pgbench failed ({proc.returncode}): {text[-800:]}")
-    return PgbenchResult(float(tps.group(1)), float(latency.group(1)))
+    return PgbenchResult(float(tps.group(1)))

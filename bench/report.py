@@ -1,5 +1,6 @@
 """One markdown table of figures, baselines, ratios and targets; RESULTS.md upkeep."""
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,32 @@ def table(rows: list[Row]) -> str:
         cells = [r.figure, r.measured, r.baseline, r.ratio, r.target, r.verdict]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def publish(
+    header: str,
+    rows: list[Row],
+    path: Path,
+    *,
+    whole_file: bool,
+    begin: str = BEGIN,
+    end: str = END,
+) -> int:
+    """Print the run's header and table and keep them in ``path``: as the whole file
+    (a smoke run's own) or as its part of RESULTS.md. The exit status: 1, naming them,
+    when any figure cannot be trusted."""
+    text = "\n".join([header, "", table(rows), ""])
+    print(text)
+    if whole_file:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    else:
+        update_results(path, text, begin, end)
+    failed = [r.figure for r in rows if r.problem]
+    if failed:
+        print(f"untrustworthy figures: {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def update_results(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:

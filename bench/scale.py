@@ -34,7 +34,7 @@ from bench.context import Ctx
 from bench.ordernums import numbers
 from bench.plan import SMOKE, Plan
 from bench.procs import Proc
-from bench.report import Row, ms, rate, table, update_results
+from bench.report import Row, ms, publish, rate
 from bench.scale_seed import WHALE_ID, Size
 from bench.scale_seed import seed as seed_shop
 from bench.stack import Stack, url
@@ -464,30 +464,20 @@ def main(argv: list[str] | None = None) -> int:
         table_rows = asyncio.run(_run(stack, plan, wrk_bin, work))
     finally:
         stack.close()
-    text = "\n".join(
-        [
-            f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `make bench-scale"
-            f"{' -- --smoke' if args.smoke else ''}`, {plan.name} plan, "
-            f"{time.monotonic() - started:.0f} s, {os.cpu_count()} CPUs shared by wrk, the API "
-            f"processes, PostgreSQL (shared_buffers 1GB, fsync off) and other sessions' work.",
-            "",
-            table(table_rows),
-            "",
-        ]
+    header = (
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `make bench-scale"
+        f"{' -- --smoke' if args.smoke else ''}`, {plan.name} plan, "
+        f"{time.monotonic() - started:.0f} s, {os.cpu_count()} CPUs shared by wrk, the API "
+        f"processes, PostgreSQL (shared_buffers 1GB, fsync off) and other sessions' work."
     )
-    print(text)
-    target = HERE / "out" / "scale-smoke.md" if args.smoke else HERE / "RESULTS.md"
-    if args.smoke:
-        target.write_text(text)
-    else:
-        update_results(
-            target, text, begin="<!-- bench-scale:begin -->", end="<!-- bench-scale:end -->"
-        )
-    failed = [r.figure for r in table_rows if r.problem]
-    if failed:
-        print(f"untrustworthy figures: {'; '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return publish(
+        header,
+        table_rows,
+        HERE / "out" / "scale-smoke.md" if args.smoke else HERE / "RESULTS.md",
+        whole_file=args.smoke,
+        begin="<!-- bench-scale:begin -->",
+        end="<!-- bench-scale:end -->",
+    )
 
 
 if __name__ == "__main__":

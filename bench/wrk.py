@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,14 +60,25 @@ class WrkResult:
     @property
     def problem(self) -> str | None:
         """Why this figure cannot be trusted, or None: any other status or socket error."""
-        issues = [f"{n}x{code}" for code, n in sorted(self.unexpected.items())]
-        if self.socket_errors:
-            issues.append(f"{self.socket_errors} socket errors")
+        issues = self._errors(refused=())
         if self.timeouts:
             issues.append(f"{self.timeouts} timeouts")
         if not self.requests:
             issues.append("no requests")
         return ", ".join(issues) or None
+
+    def problem_besides(self, refused: Collection[int]) -> str | None:
+        """The problem of a load meant to be partly turned away with ``refused``
+        statuses: any status besides those and the expected one, or socket errors."""
+        return ", ".join(self._errors(refused)) or None
+
+    def _errors(self, refused: Collection[int]) -> list[str]:
+        issues = [
+            f"{n}x{code}" for code, n in sorted(self.unexpected.items()) if code not in refused
+        ]
+        if self.socket_errors:
+            issues.append(f"{self.socket_errors} socket errors")
+        return issues
 
 
 def script(name: str, work_dir: Path) -> Path:
