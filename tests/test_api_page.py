@@ -105,7 +105,12 @@ def test_english_and_russian_have_the_same_words_and_every_word_used_exists() ->
     russian = _keys(source.split("\n  ru: {", 1)[1].split("\n  },", 1)[0])
     assert len(english) > 50
     assert english == russian
-    used = set(re.findall(r'data-i18n(?:-label)?="([\w.]+)"', static_text("index.html")))
+    page = static_text("index.html")
+    used = set(re.findall(r'data-i18n(?:-label)?="([\w.]+)"', page))
+    # A list's words: its name before each column, "empty" and "more" (app.js buildList).
+    for name, columns in re.findall(r'data-list="(\w+)" data-columns="([\w ]+)"', page):
+        used |= {f"{name}.{word}" for word in [*columns.split(), "empty", "more"]}
+    assert {"orders.uploaded", "history.more"} <= used
     app = static_text("app.js")
     used |= {
         key

@@ -18,10 +18,8 @@ const state = {
   signedIn: false,
   orders: [],
   withdrawals: [],
-  ordersLimit: LIST_STEP,
-  historyLimit: LIST_STEP,
-  ordersMore: false,
-  historyMore: false,
+  limit: { orders: LIST_STEP, history: LIST_STEP }, // items each list asks for
+  more: { orders: false, history: false }, // whether the API has more than that
   balance: null,
   statuses: null, // order number -> status at the last look, to tell what changed
   stream: null,
@@ -102,8 +100,7 @@ function showAuth(messageKey) {
   stopLive();
   state.orders = [];
   state.withdrawals = [];
-  state.ordersLimit = LIST_STEP;
-  state.historyLimit = LIST_STEP;
+  state.limit = { orders: LIST_STEP, history: LIST_STEP };
   state.balance = null;
   state.statuses = null;
   $("loading").hidden = true;
@@ -203,17 +200,17 @@ function refresh() {
 
 async function load() {
   const [orders, balance, withdrawals] = await Promise.all(
-    [api.orders(state.ordersLimit), api.balance(), api.withdrawals(state.historyLimit)]);
+    [api.orders(state.limit.orders), api.balance(), api.withdrawals(state.limit.history)]);
   if ([orders, balance, withdrawals].some((a) => a.status === 401)) return sessionEnded();
   if (!state.signedIn) return undefined;
   if (orders.status === 200 || orders.status === 204) {
     noticeChanges(orders.body || []);
-    state.ordersMore = orders.more;
+    state.more.orders = orders.more;
   }
   if (balance.status === 200) state.balance = balance.body;
   if (withdrawals.status === 200 || withdrawals.status === 204) {
     state.withdrawals = withdrawals.body || [];
-    state.historyMore = withdrawals.more;
+    state.more.history = withdrawals.more;
   }
   return renderAll();
 }
@@ -254,38 +251,71 @@ function cell(row, label, content, className) {
   return td;
 }
 
-function renderOrders() {
-  const body = $("orders").tBodies[0];
+/** One list's rows: ``cellsOf(item, row)`` gives each column's [content, className]. */
+function renderList(name, items, cellsOf) {
+  const table = $(name);
+  const labels = [...table.tHead.rows[0].cells].map((th) => t(th.dataset.i18n));
+  const body = table.tBodies[0];
   body.replaceChildren();
-  for (const order of state.orders) {
+  for (const item of items) {
     const row = body.insertRow();
+    const cells = cellsOf(item, row);
+    cells.forEach(([content, className], i) => cell(row, labels[i], content, className));
+  }
+  table.hidden = items.length === 0;
+  $(`${name}-empty`).hidden = items.length !== 0;
+  $(`${name}-more`).hidden = !state.more[name];
+}
+
+function renderOrders() {
+  renderList("orders", state.orders, (order, row) => {
     row.dataset.number = order.number;
-    cell(row, t("orders.number"), order.number, "num");
     const badge = document.createElement("span");
     badge.className = `badge s-${String(order.status).toLowerCase()}`;
     badge.textContent = t(`status.${order.status}`);
-    cell(row, t("orders.status"), badge);
-    cell(row, t("orders.accrual"),
-      order.accrual === undefined ? "—" : formatPoints(order.accrual), "money");
-    cell(row, t("orders.uploaded"), formatTime(order.uploaded_at));
-  }
-  $("orders").hidden = state.orders.length === 0;
-  $("orders-empty").hidden = state.orders.length !== 0;
-  $("orders-more").hidden = !state.ordersMore;
+    return [
+      [order.number, "num"],
+      [badge],
+      [order.accrual === undefined ? "—" : formatPoints(order.accrual), "money"],
+      [formatTime(order.uploaded_at)],
+    ];
+  });
 }
 
 function renderHistory() {
-  const body = $("history").tBodies[0];
-  body.replaceChildren();
-  for (const item of state.withdrawals) {
-    const row = body.insertRow();
-    cell(row, t("history.order"), item.order, "num");
-    cell(row, t("history.sum"), formatPoints(item.sum), "money");
-    cell(row, t("history.when"), formatTime(item.processed_at));
+  renderList("history", state.withdrawals, (item) => [
+    [item.order, "num"],
+    [formatPoints(item.sum), "money"],
+    [formatTime(item.processed_at)],
+  ]);
+}
+
+/**
+ * A list's markup from its placeholder (``data-list``: its name, which prefixes its
+ * ids and words; ``data-columns``): a line for "nothing yet", the table with a header
+ * per column, and "show more", which asks for LIST_STEP more items.
+ */
+function buildList(holder) {
+  const name = holder.dataset.list;
+  const element = (tag, props) => Object.assign(document.createElement(tag), props);
+  const empty = element("p", { id: `${name}-empty`, hidden: true });
+  empty.dataset.i18n = `${name}.empty`;
+  const table = element("table", { id: name, className: "list", hidden: true });
+  const head = table.createTHead().insertRow();
+  for (const column of holder.dataset.columns.split(" ")) {
+    const th = head.appendChild(element("th", { scope: "col" }));
+    th.dataset.i18n = `${name}.${column}`;
   }
-  $("history").hidden = state.withdrawals.length === 0;
-  $("history-empty").hidden = state.withdrawals.length !== 0;
-  $("history-more").hidden = !state.historyMore;
+  table.createTBody();
+  const more = element("button", {
+    id: `${name}-more`, type: "button", className: "secondary more", hidden: true,
+  });
+  more.dataset.i18n = `${name}.more`;
+  more.addEventListener("click", () => {
+    state.limit[name] += LIST_STEP;
+    refresh();
+  });
+  holder.replaceWith(empty, table, more);
 }
 
 // --- updates by themselves: the event stream, polling as the fallback ---------
@@ -457,6 +487,7 @@ function storage() {
 }
 
 async function start() {
+  for (const holder of document.querySelectorAll("[data-list]")) buildList(holder);
   setLanguage(initialLanguage(), false);
   retranslate();
   $("lang").addEventListener("click", () => {
@@ -467,14 +498,6 @@ async function start() {
   $("auth-form").addEventListener("submit", onAuthSubmit);
   $("upload-form").addEventListener("submit", onUploadSubmit);
   $("withdraw-form").addEventListener("submit", onWithdrawSubmit);
-  $("orders-more").addEventListener("click", () => {
-    state.ordersLimit += LIST_STEP;
-    refresh();
-  });
-  $("history-more").addEventListener("click", () => {
-    state.historyLimit += LIST_STEP;
-    refresh();
-  });
   $("order-number").addEventListener("input", (event) => {
     quiet($("upload-result"));
     checkNumberAsTyped(event.target, $("order-err"), $("order-check"));
