@@ -13,16 +13,12 @@ from aiohttp import web
 from accrual_sim.rules import InvalidPayload, parse_rule
 from accrual_sim.settings import SimSettings
 from accrual_sim.simulator import Clock, Simulator
-from shared.jsonio import JSONInputError, dumps, loads_exact
+from shared.jsonio import JSONInputError, loads_exact
+from shared.responses import JSON, error_response, json_response
 
 SIM = web.AppKey("accrual_sim", Simulator)
-JSON = "application/json"
 
 log = structlog.get_logger("accrual_sim")
-
-
-def _error(status: int, reason: str) -> web.Response:
-    return web.Response(status=status, body=dumps({"error": reason}), content_type=JSON)
 
 
 async def order_status(request: web.Request) -> web.Response:
@@ -72,9 +68,9 @@ async def register_rule(request: web.Request) -> web.Response:
     try:
         rule = parse_rule(await _json_body(request))
     except InvalidPayload as exc:
-        return _error(400, str(exc))
+        return error_response(400, str(exc))
     if not sim.add_rule(rule):
-        return _error(409, "this match is already registered")
+        return error_response(409, "this match is already registered")
     return web.Response(status=200)
 
 
@@ -83,9 +79,9 @@ async def register_order(request: web.Request) -> web.Response:
     try:
         order = sim.add_order(await _json_body(request))
     except InvalidPayload as exc:
-        return _error(400, str(exc))
+        return error_response(400, str(exc))
     if order is None:
-        return _error(409, "this order is already registered")
+        return error_response(409, "this order is already registered")
     return web.Response(status=202)
 
 
@@ -94,7 +90,7 @@ async def get_stats(request: web.Request) -> web.Response:
     body = sim.stats.as_json()
     body["orders_known"] = len(sim.orders)
     body["rules_known"] = len(sim.rules)
-    return web.Response(body=dumps(body), content_type=JSON)
+    return json_response(body)
 
 
 async def reset_stats(request: web.Request) -> web.Response:

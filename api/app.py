@@ -11,11 +11,11 @@ from api import balance, orders, page, users
 from api.arrival import Application
 from api.crosssite import cross_site_guard
 from api.events import end_streams_on_shutdown, hub_context, user_events
-from api.health import add_ops_routes
 from api.listgate import StreamGate
 from api.metrics import METRICS, ApiMetrics
 from api.middleware import errors_and_access_log
 from api.openapi import add_docs_routes
+from api.ops import add_ops_routes
 from api.passwords import Passwords
 from api.sessions import RevocationListener, Sessions, WeakSecretError
 from api.state import LIST_GATE, PASSWORDS, POOL, SESSIONS, SETTINGS, STALLS, THROTTLE

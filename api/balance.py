@@ -5,11 +5,12 @@ from aiohttp import web
 
 from api.auth import login_required
 from api.bodies import read_withdrawal
-from api.errors import ApiError, json_response
+from api.errors import ApiError
 from api.lists import respond
 from api.state import POOL
 from db import balance
 from db.balance import Withdrawal
+from shared.responses import json_response
 
 # PostgreSQL writes each listed withdrawal's JSON itself, with no Python object
 # per row (db/pages.py); these are the names it writes.

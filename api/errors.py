@@ -1,10 +1,11 @@
-"""Errors as the API answers them: ``{"error": "<reason>"}`` with a 4xx/5xx status."""
+"""The API's errors: raised by handlers and middleware, answered as ``{"error": "<reason>"}``.
+
+The answers themselves are built by ``shared.responses``.
+"""
 
 from collections.abc import Mapping
 
 from aiohttp import web
-
-from shared.jsonio import dumps
 
 # nginx's status for "the client closed the connection before the answer".
 CLIENT_GONE = 499
@@ -42,23 +43,3 @@ class Overloaded(ApiError):
     def __init__(self, status: int, reason: str, cause: str) -> None:
         super().__init__(status, reason, {"Retry-After": "1"})
         self.cause = cause
-
-
-def json_response(payload: object, status: int = 200) -> web.Response:
-    return web.Response(body=dumps(payload), status=status, content_type="application/json")
-
-
-def error_response(
-    status: int, reason: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    response = json_response({"error": reason}, status)
-    if headers:
-        response.headers.update(headers)
-    return response
-
-
-def empty_response(status: int = 204) -> web.Response:
-    """A body-less answer that still says ``Content-Type: application/json``."""
-    response = web.Response(status=status)
-    response.headers["Content-Type"] = "application/json"
-    return response

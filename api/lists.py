@@ -22,13 +22,14 @@ import asyncio
 import structlog
 from aiohttp import hdrs, web
 
-from api.errors import ApiError, ClientGone, client_gone, empty_response
+from api.errors import ApiError, ClientGone, client_gone
 from api.listgate import too_many_for_user
 from api.middleware import request_id
 from api.negotiation import accepts_gzip
 from api.state import LIST_GATE, POOL, SETTINGS
 from db import pages
 from db.pages import PAGE_ROWS, START, Cursor, Listing
+from shared.responses import empty_response
 
 
 def _params(request: web.Request, cap: int) -> tuple[int | None, Cursor]:

@@ -17,13 +17,13 @@ from api.errors import (
     ClientGone,
     Overloaded,
     client_gone,
-    error_response,
 )
 from api.metrics import METRICS
 from api.negotiation import accepts_gzip
 from api.state import SETTINGS
 from shared.logs import bounded
 from shared.pg import DATABASE_DOWN, PoolBusy
+from shared.responses import error_response
 
 log = structlog.get_logger("api.access")
 

@@ -5,11 +5,12 @@ from aiohttp import web
 
 from api.auth import login_required
 from api.bodies import read_order_upload
-from api.errors import ApiError, json_response
+from api.errors import ApiError
 from api.lists import respond
 from api.state import POOL
 from db import orders
 from db.orders import Upload
+from shared.responses import json_response
 
 
 @login_required

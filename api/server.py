@@ -30,8 +30,8 @@ from aiohttp.web_request import BaseRequest
 
 from api.arrival import StampingHandler
 from api.throttle import address_key
-from shared.jsonio import dumps
 from shared.ops import SERVER_NAME
+from shared.responses import error_body, error_response
 from shared.settings import ApiSettings, split_host_port
 
 log = structlog.get_logger("api.server")
@@ -69,7 +69,7 @@ def connection_cap(configured: int) -> int:
 
 def raw_response(status: int, reason: str, headers: dict[str, str] | None = None) -> bytes:
     """A complete HTTP/1.1 answer that closes the connection, for use before any parsing."""
-    body = dumps({"error": reason})
+    body = error_body(reason)
     lines = [
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
         "Content-Type: application/json",
@@ -235,9 +235,7 @@ class GuardedHandler(StampingHandler):
             if status >= 400
             else "malformed HTTP request"
         )
-        response = web.Response(
-            body=dumps({"error": reason}), status=status, content_type="application/json"
-        )
+        response = error_response(status, reason)
         response.headers["Server"] = SERVER_NAME
         response.force_close()
         return response

@@ -9,12 +9,13 @@ from aiohttp import web
 
 from api.auth import clear_cookie, hand_out, session_required
 from api.bodies import read_credentials, read_password_change
-from api.errors import ApiError, json_response
+from api.errors import ApiError
 from api.passwords import HashingBusy
 from api.sessions import Session
 from api.state import PASSWORDS, POOL, SESSIONS, THROTTLE
 from db import sessions as db_sessions
 from db import users
+from shared.responses import json_response
 
 log = structlog.get_logger(__name__)
 

@@ -21,8 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from shared.jsonio import dumps
 from shared.pg import WORTH_RETRYING
+from shared.responses import json_response
 from shared.settings import split_host_port
 
 log = structlog.get_logger(__name__)
@@ -60,10 +60,6 @@ async def database_ready(pool: asyncpg.Pool, schema_problem: SchemaCheck) -> str
     return problem
 
 
-def _json(payload: object, status: int) -> web.Response:
-    return web.Response(body=dumps(payload), status=status, content_type="application/json")
-
-
 class _Scrape(Collector):
     """One scrape: the registry's metrics plus families fetched just before."""
 
@@ -95,7 +91,7 @@ def ops_routes(
     async def healthz(_: web.Request) -> web.StreamResponse:
         # Liveness: answering at all is the signal; no dependency is checked,
         # so a database outage never gets the process restarted.
-        return _json({"status": "ok"}, 200)
+        return json_response({"status": "ok"}, 200)
 
     async def readyz(_: web.Request) -> web.StreamResponse:
         try:
@@ -106,11 +102,11 @@ def ops_routes(
         except Exception as exc:  # a probe reports failures, it does not raise them
             reason = f"readiness check failed: {type(exc).__name__}: {exc}"
         if reason is None:
-            return _json({"status": "ready"}, 200)
+            return json_response({"status": "ready"}, 200)
         if not detail:
             log.warning("not ready", reason=reason)
-            return _json({"status": "unavailable"}, 503)
-        return _json({"status": "unavailable", "error": reason}, 503)
+            return json_response({"status": "unavailable"}, 503)
+        return json_response({"status": "unavailable", "error": reason}, 503)
 
     async def metrics_page(_: web.Request) -> web.StreamResponse:
         extra = await scrape() if scrape is not None else ()
