@@ -4,11 +4,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from shared import settings as shared_settings
-from shared.settings import setting
+from shared.settings import LogSettings, setting
 
 
 @dataclass(frozen=True)
-class SimSettings:
+class SimSettings(LogSettings):
     """Accrual system simulator: reward rules, orders and the status endpoint."""
 
     run_address: str = setting(
@@ -78,15 +78,6 @@ class SimSettings:
         "--seed-file",
         help='JSON file registered at start: a list of rules, or {"goods": [rules], '
         '"orders": [orders]}',
-    )
-    log_level: str = setting(
-        "info", "LOG_LEVEL", "--log-level", help="debug, info, warning or error"
-    )
-    log_format: str = setting(
-        "auto",
-        "LOG_FORMAT",
-        "--log-format",
-        help="json, console, or auto (console on a terminal, JSON otherwise)",
     )
 
     def __post_init__(self) -> None:

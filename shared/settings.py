@@ -126,10 +126,9 @@ def split_host_port(address: str, default_port: int = 8080) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
-class CommonSettings:
-    """Settings both processes share."""
+class LogSettings:
+    """How a process logs: every program has these."""
 
-    database_uri: str | None = setting(None, "DATABASE_URI", "-d", help="PostgreSQL DSN (required)")
     log_level: str = setting(
         "info", "LOG_LEVEL", "--log-level", help="debug, info, warning or error"
     )
@@ -139,6 +138,13 @@ class CommonSettings:
         "--log-format",
         help="json, console, or auto (console on a terminal, JSON otherwise)",
     )
+
+
+@dataclass(frozen=True)
+class CommonSettings(LogSettings):
+    """Settings both processes share."""
+
+    database_uri: str | None = setting(None, "DATABASE_URI", "-d", help="PostgreSQL DSN (required)")
     db_pool_min: int = setting(
         2, "DB_POOL_MIN", help="minimum PostgreSQL connections (the API's: shared by its processes)"
     )
