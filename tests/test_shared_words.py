@@ -6,6 +6,7 @@ import re
 import asyncpg
 import pytest
 
+from api.openapi import document
 from shared.pg import DATABASE_DOWN, WORTH_RETRYING
 from shared.statuses import FINAL_STATUSES, AccrualStatus, OrderStatus
 
@@ -31,6 +32,11 @@ async def test_the_databases_statuses_are_the_enums(pool: asyncpg.Pool) -> None:
     pending = {s for s in OrderStatus if not s.final}
     for index in ("orders_due", "orders_queue"):  # the queue: what is not final
         assert await _literals(pool, _INDEX, index) == pending
+
+
+def test_the_api_document_lists_our_statuses_in_order() -> None:
+    schema = document()["components"]["schemas"]["OrderStatus"]
+    assert schema["enum"] == [status.value for status in OrderStatus]
 
 
 def test_every_accrual_status_maps_to_ours_and_only_registered_is_renamed() -> None:
