@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from shared.statuses import FINAL_STATUSES, OrderStatus
 
@@ -222,3 +223,36 @@ def test_the_state_diagram_has_exactly_our_statuses_and_final_ones() -> None:
     assert states == {status.value for status in OrderStatus}
     final = set(re.findall(r"\b([A-Z]+) --> \[\*\]", diagram.group(1)))
     assert final == {status.value for status in FINAL_STATUSES}
+
+
+def _endpoint_sections(page: Path) -> dict[tuple[str, str], str]:
+    """``### `METHOD /path``` sections of a page: (method, path) -> the section's text."""
+    parts = re.split(r"^### `(GET|POST) (/[^`]*)`$", _text(page), flags=re.M)
+    # A section ends at the next heading of its level or above.
+    return {
+        (parts[i], parts[i + 1]): parts[i + 2].split("\n## ")[0]
+        for i in range(1, len(parts) - 2, 3)
+    }
+
+
+def test_api_md_and_the_openapi_document_name_the_same_statuses() -> None:
+    """Each endpoint of docs/api.md: its statuses are the document's, less the common ones."""
+    document = yaml.safe_load(_text(ROOT / "api" / "openapi.yaml"))
+    api_md = ROOT / "docs" / "api.md"
+    common_part = _text(api_md).split("## Statuses every endpoint may answer")[1]
+    common = set(re.findall(r"`([1-5][0-9][0-9])`", common_part.split("\n## ")[0]))
+    sections = _endpoint_sections(api_md)
+    assert len(sections) >= 10
+    wrong = []
+    for (method, path), text in sections.items():
+        operation = document["paths"].get(path, {}).get(method.lower())
+        if operation is None:
+            wrong.append(f"{method} {path}: not in api/openapi.yaml")
+            continue
+        documented = set(operation["responses"])
+        named = set(re.findall(r"`([1-5][0-9][0-9])`", text))
+        if extra := named - documented:
+            wrong.append(f"{method} {path}: api.md names {sorted(extra)}, the document does not")
+        if unnamed := documented - named - common:
+            wrong.append(f"{method} {path}: the document has {sorted(unnamed)}, api.md does not")
+    assert not wrong, wrong
