@@ -179,14 +179,15 @@ INSERT INTO ledger (user_id, kind, order_number, amount)
 SELECT user_id, 'accrual', number, accrual FROM orders;
 """
 
-# Large enough that any full scan costs far more than an index lookup.
+# Large enough that any full scan costs far more than an index lookup (20,000 orders
+# fill ~150 pages; an index lookup reads a handful), small enough to fill in moments.
 _FILL = """
-INSERT INTO users (login, password_hash) SELECT 'u' || g, 'x' FROM generate_series(1, 10000) g;
+INSERT INTO users (login, password_hash) SELECT 'u' || g, 'x' FROM generate_series(1, 2000) g;
 INSERT INTO balances (user_id, current) SELECT id, 10 FROM users WHERE login LIKE 'u%';
 INSERT INTO orders (number, user_id, next_attempt_at)
-SELECT g::text, (SELECT min(id) FROM users WHERE login LIKE 'u%') + g % 10000,
+SELECT g::text, (SELECT min(id) FROM users WHERE login LIKE 'u%') + g % 2000,
        now() + (g % 100) * interval '1 second'
-FROM generate_series(1, 100000) g;
+FROM generate_series(1, 20000) g;
 -- Made final by one UPDATE, as the worker does (one counter update per statement).
 UPDATE orders SET status = CASE WHEN id % 7 = 0 THEN 'INVALID' ELSE 'PROCESSED' END,
                   accrual = CASE WHEN id % 7 <> 0 THEN 5 END
@@ -195,7 +196,7 @@ INSERT INTO ledger (user_id, kind, order_number, amount)
 SELECT user_id, 'accrual', number, accrual FROM orders
 WHERE status = 'PROCESSED' AND number NOT LIKE 's%';
 INSERT INTO ledger (user_id, kind, order_number, amount)
-SELECT 1 + g % 10000, 'withdrawal', 'w' || g, 1 FROM generate_series(1, 50000) g;
+SELECT 1 + g % 2000, 'withdrawal', 'w' || g, 1 FROM generate_series(1, 10000) g;
 """
 
 

@@ -63,7 +63,7 @@ async def test_api_and_workers_ride_out_a_database_restart_losing_nothing(
             return await _status_of(stack, token, first) == "PROCESSED"
 
         await eventually(
-            first_processed, within=5, what="first order PROCESSED", context=stack.logs_tail
+            first_processed, within=30, what="first order PROCESSED", context=stack.logs_tail
         )
         assert await stack.withdraw(token, "2377225624", Decimal("123.45")) == 200
         # Orders the accrual system never heard of are asked about every second,
