@@ -13,10 +13,10 @@ pytestmark = pytest.mark.e2e
 
 SCALED = ChaosConfig(
     users=30,
-    orders=300,
+    orders=200,  # the smallest plan (seeded) with every kind of order, a repeat among them
     workers=3,
     rate_limit=12,
-    upload_over=30.0,
+    upload_over=15.0,  # still more uploads per second than the rate limit lets through
     withdrawals_per_user=4,
     flood=100,
     settle_within=90.0,
