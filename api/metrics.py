@@ -37,7 +37,15 @@ _OUTCOME_ROUTES = {
     ("POST", "/api/user/orders"): "uploads",
 }
 
-SHED_CAUSES = ("pool", "customer_connections", "customer_lists", "lists", "slow_statement")
+SHED_CAUSES = (
+    "pool",
+    "customer_connections",
+    "customer_lists",
+    "lists",
+    "slow_statement",
+    "hashing",
+    "hashing_address",
+)
 
 ORDERS_QUERY_TIMEOUT = 1.0
 # A scrape leaves the count out on these (a busy pool is no reason to wait).
@@ -96,7 +104,8 @@ class ApiMetrics:
             "(that customer's share of the pool busy, 429), customer_lists "
             "(LIST_CONCURRENCY long lists in flight, 429), lists (the process's long "
             "lists at their limit, 503), slow_statement (a statement outlasted "
-            "statement_timeout, 503).",
+            "statement_timeout, 503), hashing (the password hashing queue full, 503), "
+            "hashing_address (that address's HASH_PER_ADDRESS share busy, 429).",
             ("cause",),
             registry=self.registry,
         )

@@ -10,10 +10,13 @@ concurrent hashes (and on the memory they take).
 Hashing threads run at a lower CPU priority than the event loop, so a storm
 of logins slows logins, not every other request.
 
-The work waiting for a thread is bounded and ordered (``HashQueue``): logins
-go before registrations, each kind may queue only so much, and one client
-address only a share of it; beyond that the request is refused at once
-(503, or 429 for the address) instead of waiting behind an unbounded queue.
+The work waiting for a thread is bounded and ordered (``HashQueue``): clean
+logins go before registrations, and logins from addresses that keep failing
+after both; each kind may queue only so much, and one client address only a
+share of it; beyond that the request is refused at once (503, or 429 for the
+address) instead of waiting behind an unbounded queue. A clean login finding
+the queue full takes the place of a suspect one (or of an address holding
+many places), so a spray of made-up logins cannot lock everyone out.
 """
 
 import asyncio
@@ -25,6 +28,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -50,6 +54,12 @@ class Work(enum.IntEnum):
 
     LOGIN = 0
     REGISTRATION = 1
+    # A login whose address or login-and-address pair failed recently (api.throttle):
+    # served after everything else, and the first refused when logins fill the queue.
+    SUSPECT_LOGIN = 2
+
+
+_LOGINS = (Work.LOGIN, Work.SUSPECT_LOGIN)
 
 
 class HashingBusy(Exception):
@@ -60,52 +70,116 @@ class HashingBusy(Exception):
         self.per_address = per_address
 
 
-class HashQueue:
-    """``slots`` turns at the hashing threads, handed out logins first.
+@dataclass(slots=True)
+class _Waiter:
+    address: str
+    rank: int
+    ready: asyncio.Future[None]
+    granted: bool = False
 
-    ``limit`` logins may wait; registrations a quarter of that; one address
-    ``per_address`` waiting or running, whatever its kind (0: no such share).
+
+class HashQueue:
+    """``slots`` turns at the hashing threads, handed out clean logins first.
+
+    ``limit`` logins may wait, clean and suspect together; registrations a
+    quarter of that; one address ``per_address`` waiting or running, whatever
+    its kind (0: no such share). When logins fill the queue, a clean login
+    still gets a place: it takes the newest suspect login's, else the newest
+    of the address holding at least two places more than its own (that one
+    is refused, 503). Within a kind, a turn goes first to the address holding
+    the fewest. So addresses that keep failing cannot keep a clean login out,
+    nor can a few addresses crowd out, or queue ahead of, one with a single
+    attempt.
     """
 
     def __init__(self, slots: int, limit: int, per_address: int = 4) -> None:
         self._free = slots
-        self._limits = {Work.LOGIN: limit, Work.REGISTRATION: max(1, limit // 4)}
+        self._limit = limit
+        self._registrations = max(1, limit // 4)
         self._per_address = per_address
-        self._waiting: dict[Work, deque[asyncio.Future[None]]] = {w: deque() for w in Work}
+        self._waiting: dict[Work, deque[_Waiter]] = {w: deque() for w in Work}
         self._by_address: Counter[str] = Counter()
 
     def waiting(self, work: Work) -> int:
         return len(self._waiting[work])
 
-    @contextlib.asynccontextmanager
-    async def turn(self, work: Work, address: str) -> AsyncIterator[None]:
+    def check(self, work: Work, address: str) -> None:
+        """HashingBusy when a turn for ``work`` from ``address`` would be refused now.
+
+        Lets a caller refuse before doing anything else (reads included); the
+        turn itself checks again.
+        """
         if self._per_address and self._by_address[address] >= self._per_address:
             raise HashingBusy(per_address=True)
-        if self._free > 0 and not any(self._waiting.values()):
-            self._free -= 1
-        else:
-            queue = self._waiting[work]
-            if len(queue) >= self._limits[work]:
-                raise HashingBusy(per_address=False)
-            self._by_address[address] += 1
-            ready = asyncio.get_running_loop().create_future()
-            queue.append(ready)
-            try:
-                await ready
-            except BaseException:
-                if ready.done() and not ready.cancelled():
-                    self._pass_on()  # granted just as we were cancelled
-                else:
-                    queue.remove(ready)
-                self._release_address(address)
-                raise
-            self._release_address(address)
+        if (self._free > 0 and not any(self._waiting.values())) or self._has_room(work, address):
+            return
+        raise HashingBusy(per_address=False)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, work: Work, address: str, rank: int = 0) -> AsyncIterator[None]:
+        """A turn at a hashing thread; ``rank`` (lower first) orders waiters of one kind."""
+        if self._per_address and self._by_address[address] >= self._per_address:
+            raise HashingBusy(per_address=True)
         self._by_address[address] += 1
         try:
-            yield
+            if self._free > 0 and not any(self._waiting.values()):
+                self._free -= 1
+            else:
+                await self._wait(work, address, rank)
+            try:
+                yield
+            finally:
+                self._pass_on()
         finally:
             self._release_address(address)
-            self._pass_on()
+
+    async def _wait(self, work: Work, address: str, rank: int) -> None:
+        if not self._make_room(work, address):
+            raise HashingBusy(per_address=False)
+        waiter = _Waiter(address, rank, asyncio.get_running_loop().create_future())
+        queue = self._waiting[work]
+        queue.append(waiter)
+        try:
+            await waiter.ready
+        except BaseException:
+            if waiter.granted:
+                self._pass_on()  # granted just as we were cancelled
+            elif waiter in queue:
+                queue.remove(waiter)
+            raise
+
+    def _has_room(self, work: Work, address: str) -> bool:
+        return self._room(work, address, evict=False)
+
+    def _make_room(self, work: Work, address: str) -> bool:
+        return self._room(work, address, evict=True)
+
+    def _room(self, work: Work, address: str, *, evict: bool) -> bool:
+        """Whether ``work`` may wait; when ``evict``, the place it takes is freed."""
+        if work is Work.REGISTRATION:
+            return len(self._waiting[work]) < self._registrations
+        if sum(len(self._waiting[w]) for w in _LOGINS) < self._limit:
+            return True
+        if work is Work.SUSPECT_LOGIN:
+            return False
+        suspects = self._waiting[Work.SUSPECT_LOGIN]
+        if suspects:
+            if evict:
+                self._evict(suspects, suspects[-1])
+            return True
+        clean = self._waiting[Work.LOGIN]
+        places = Counter(waiter.address for waiter in clean)
+        crowded, held = places.most_common(1)[0] if places else ("", 0)
+        if held < places[address] + 2:
+            return False
+        if evict:
+            self._evict(clean, next(w for w in reversed(clean) if w.address == crowded))
+        return True
+
+    @staticmethod
+    def _evict(queue: deque[_Waiter], waiter: _Waiter) -> None:
+        queue.remove(waiter)
+        waiter.ready.set_exception(HashingBusy(per_address=False))
 
     def _release_address(self, address: str) -> None:
         self._by_address[address] -= 1
@@ -113,12 +187,18 @@ class HashQueue:
             del self._by_address[address]
 
     def _pass_on(self) -> None:
+        """The turn goes to the first kind of work waiting; within it, to the lowest
+        rank, then to the address holding the fewest turns (running or waiting),
+        then the oldest: one address's pile of attempts does not delay another's
+        single one."""
         for work in Work:
             queue = self._waiting[work]
             while queue:
-                ready = queue.popleft()
-                if not ready.done():
-                    ready.set_result(None)
+                waiter = min(queue, key=lambda w: (w.rank, self._by_address[w.address]))
+                queue.remove(waiter)
+                if not waiter.ready.done():
+                    waiter.granted = True
+                    waiter.ready.set_result(None)
                     return
         self._free += 1
 
@@ -143,19 +223,33 @@ class Passwords:
     def hasher(self) -> PasswordHasher:
         return self._hasher
 
+    def turn(
+        self, work: Work, address: str, rank: int = 0
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """A turn at the hashing threads (HashingBusy when refused); hash within it."""
+        return self.queue.turn(work, address, rank)
+
     async def hash(self, password: str, address: str = "") -> str:
         """A new hash, queued behind logins; HashingBusy when the queue is full."""
         async with self.queue.turn(Work.REGISTRATION, address):
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._hasher.hash, password)
+            return await self.hash_in_turn(password)
 
     async def verify(self, password_hash: str | None, password: str, address: str = "") -> bool:
         """True when the password matches; ``None`` (unknown login) does the same work."""
         async with self.queue.turn(Work.LOGIN, address):
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._executor, self._verify_sync, password_hash, password
-            )
+            return await self.verify_in_turn(password_hash, password)
+
+    async def hash_in_turn(self, password: str) -> str:
+        """``hash`` for a caller holding a ``turn``."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._hasher.hash, password)
+
+    async def verify_in_turn(self, password_hash: str | None, password: str) -> bool:
+        """``verify`` for a caller holding a ``turn``."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._verify_sync, password_hash, password
+        )
 
     def _verify_sync(self, password_hash: str | None, password: str) -> bool:
         try:

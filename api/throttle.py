@@ -12,13 +12,14 @@ import contextlib
 import ipaddress
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import asyncpg
 import structlog
 from aiohttp import web
 
 from api.errors import ApiError
+from api.passwords import Work
 from db import throttle
 from shared.pg import WORTH_RETRYING
 from shared.settings import ApiSettings
@@ -29,14 +30,23 @@ log = structlog.get_logger(__name__)
 FREE_FAILURES = 3
 # Closed registration windows remembered per process.
 MAX_REMEMBERED = 10_000
-# Seconds a throttled request waits before its 429 is sent: a client hammering
-# a closed window then costs a sleeping coroutine, not a busy event loop.
-REFUSAL_PAUSE = 0.25
 SWEEP_EVERY = 60.0
 
 
 def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+class Throttled(ApiError):
+    """429: the attempt's budget is spent.
+
+    The caller pauses a moment before answering (api/users.py), once out of the
+    hashing queue: a client hammering a closed window then costs a sleeping
+    coroutine, not a busy event loop, nor a hashing turn.
+    """
+
+    def __init__(self, reason: str, wait: float) -> None:
+        super().__init__(429, reason, retry_after(wait))
 
 
 def address_key(text: str) -> str:
@@ -93,23 +103,47 @@ class Throttle:
         # flood of writes on one row).
         self._closed: dict[str, float] = {}
 
+    async def login_work(
+        self, pool: asyncpg.Pool, request: web.Request, login: str
+    ) -> tuple[Work, int]:
+        """How an attempt at ``login`` queues for hashing: its kind and its rank.
+
+        A suspect login: its (login, address) pair failed in the window, or its
+        address failed LOGIN_ADDRESS_FREE_FAILURES times on any logins (a spray
+        of made-up logins is a fresh pair every time). The rank, the address's
+        failures, orders clean logins: an address without any goes first. Read
+        before the attempt is reserved, so that one refused by a full queue
+        leaves no row behind. Whether the login exists plays no part: no oracle.
+        """
+        settings = self._settings
+        if settings.login_max_failures <= 0:
+            return Work.LOGIN, 0
+        pair, address = await throttle.login_standing(pool, login, self.client_address(request))
+        suspect = pair > 0 or address >= settings.login_address_free_failures
+        return (Work.SUSPECT_LOGIN if suspect else Work.LOGIN), address
+
+    def password_change_work(
+        self, pool: asyncpg.Pool, request: web.Request, user_id: int
+    ) -> Awaitable[tuple[Work, int]]:
+        return self.login_work(pool, request, _password_change_key(user_id))
+
     def login_attempt(
         self, pool: asyncpg.Pool, request: web.Request, login: str
     ) -> contextlib.AbstractAsyncContextManager["LoginAttempt"]:
-        """Reserve one attempt at ``login`` (429 when none is left); settled on exit."""
+        """Reserve one attempt at ``login`` (Throttled when none is left); settled on exit.
+
+        Enter it holding the hashing turn: an attempt the queue refuses is never counted.
+        """
         return self._attempt(pool, request, login, "too many failed logins; try again later")
 
     def password_change_attempt(
         self, pool: asyncpg.Pool, request: web.Request, user_id: int
     ) -> contextlib.AbstractAsyncContextManager["LoginAttempt"]:
-        """The same for a customer's guesses at their current password.
-
-        Logins never contain control characters, so this key is never a login's.
-        """
+        """The same for a customer's guesses at their current password."""
         return self._attempt(
             pool,
             request,
-            f"\x1fpassword-change {user_id}",
+            _password_change_key(user_id),
             "too many wrong passwords; try again later",
         )
 
@@ -134,8 +168,7 @@ class Throttle:
         )
         if wait is not None:
             log.info("login throttled", retry_after=round(wait, 1))
-            await asyncio.sleep(REFUSAL_PAUSE)
-            raise ApiError(429, refusal, retry_after(wait))
+            raise Throttled(refusal, wait)
         try:
             yield attempt
         except BaseException:
@@ -147,30 +180,48 @@ class Throttle:
         elif not attempt.verified:
             await throttle.refund_login(pool, login, address, succeeded=False)
 
+    def registration_closed(self, request: web.Request) -> None:
+        """Throttled when this process knows the address's registration window is closed.
+
+        Asks nothing of PostgreSQL: checked before the hashing queue, so that an
+        address hammering a closed window never takes a place in it.
+        """
+        if self._settings.register_max_per_address <= 0:
+            return
+        until = self._closed.get("register:" + self.client_address(request))
+        now = time.monotonic()
+        if until is not None and until > now:
+            raise Throttled(_REGISTRATION_REFUSAL, until - now)
+
     async def registration(self, pool: asyncpg.Pool, request: web.Request) -> None:
-        """Count one registration from the client's address; 429 beyond the rate."""
+        """Count one registration from the client's address; Throttled beyond the rate.
+
+        Counted holding the hashing turn: a registration the queue refuses is not.
+        """
         settings = self._settings
         if settings.register_max_per_address <= 0:
             return
+        self.registration_closed(request)
         key = "register:" + self.client_address(request)
+        wait = await throttle.hit(
+            pool, key, settings.register_max_per_address, settings.register_window
+        )
+        if wait is None:
+            return
         now = time.monotonic()
-        until = self._closed.get(key)
-        if until is not None and until > now:
-            wait: float | None = until - now
-        else:
-            wait = await throttle.hit(
-                pool, key, settings.register_max_per_address, settings.register_window
-            )
-            if wait is not None:
-                if len(self._closed) >= MAX_REMEMBERED:
-                    self._closed = {k: t for k, t in self._closed.items() if t > now}
-                if len(self._closed) < MAX_REMEMBERED:
-                    self._closed[key] = now + wait
-        if wait is not None:
-            await asyncio.sleep(REFUSAL_PAUSE)
-            raise ApiError(
-                429, "too many registrations from this address; try again later", retry_after(wait)
-            )
+        if len(self._closed) >= MAX_REMEMBERED:
+            self._closed = {k: t for k, t in self._closed.items() if t > now}
+        if len(self._closed) < MAX_REMEMBERED:
+            self._closed[key] = now + wait
+        raise Throttled(_REGISTRATION_REFUSAL, wait)
+
+
+_REGISTRATION_REFUSAL = "too many registrations from this address; try again later"
+
+
+def _password_change_key(user_id: int) -> str:
+    """Logins never contain control characters, so this key is never a login's."""
+    return f"\x1fpassword-change {user_id}"
 
 
 class LoginAttempt:

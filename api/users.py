@@ -9,10 +9,11 @@ from aiohttp import web
 
 from api.auth import clear_cookie, hand_out, session_required
 from api.bodies import read_credentials, read_password_change
-from api.errors import ApiError
-from api.passwords import HashingBusy
+from api.errors import ApiError, Overloaded
+from api.passwords import HashingBusy, Work
 from api.sessions import Session
 from api.state import PASSWORDS, POOL, SESSIONS, THROTTLE
+from api.throttle import Throttled
 from db import sessions as db_sessions
 from db import users
 from shared.responses import json_response
@@ -24,37 +25,43 @@ REFUSAL_PAUSE = 0.25
 
 
 @asynccontextmanager
-async def _hashing() -> AsyncIterator[None]:
-    """Hashing work refused for a full queue becomes a prompt 503 (429 for one address).
+async def _refusals() -> AsyncIterator[None]:
+    """Refusals for busy hashing (503, 429 for one address) and spent throttles (429).
 
     Prompt, but not instant: a client that keeps its connection busy with
     refused requests would otherwise turn refusals into a CPU flood of their
     own, starving the hashing threads (which run at a lower priority than the
-    event loop). A short pause costs nothing but a sleeping coroutine.
+    event loop). A short pause costs nothing but a sleeping coroutine; it is
+    taken outside the hashing queue, whose turn is given back first.
     """
     try:
         yield
+    except Throttled:
+        await asyncio.sleep(REFUSAL_PAUSE)
+        raise
     except HashingBusy as exc:
         log.info("hashing busy", per_address=exc.per_address)
         await asyncio.sleep(REFUSAL_PAUSE)
         if exc.per_address:
-            raise ApiError(
-                429, "too many password checks from this address at once", {"Retry-After": "1"}
+            raise Overloaded(
+                429, "too many password checks from this address at once", "hashing_address"
             ) from exc
-        raise ApiError(
-            503, "too many password checks waiting; try again shortly", {"Retry-After": "1"}
+        raise Overloaded(
+            503, "too many password checks waiting; try again shortly", "hashing"
         ) from exc
 
 
 async def register(request: web.Request) -> web.StreamResponse:
     login, password = await read_credentials(request)
-    throttle = request.app[THROTTLE]
-    await throttle.registration(request.app[POOL], request)
-    async with _hashing():
-        password_hash = await request.app[PASSWORDS].hash(
-            password, throttle.client_address(request)
-        )
-    user_id = await users.register(request.app[POOL], login, password_hash)
+    pool, passwords, throttle = request.app[POOL], request.app[PASSWORDS], request.app[THROTTLE]
+    address = throttle.client_address(request)
+    # Counted only once it holds a hashing turn: a refusal for a full queue leaves no trace.
+    async with _refusals():
+        throttle.registration_closed(request)
+        async with passwords.turn(Work.REGISTRATION, address):
+            await throttle.registration(pool, request)
+            password_hash = await passwords.hash_in_turn(password)
+    user_id = await users.register(pool, login, password_hash)
     if user_id is None:
         raise ApiError(409, "login is already taken")
     response = json_response({"status": "registered"})
@@ -64,15 +71,26 @@ async def register(request: web.Request) -> web.StreamResponse:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
+    """Check a login's password: reads first, then a hashing turn, then the reservation.
+
+    The attempt is reserved in PostgreSQL only once it holds its turn, so an
+    attempt the queue refuses writes nothing. An unknown login is checked
+    against a decoy hash, in the same queue and at the same cost.
+    """
     login, password = await read_credentials(request)
-    pool = request.app[POOL]
-    throttle = request.app[THROTTLE]
-    async with throttle.login_attempt(pool, request, login) as attempt:
-        found = await users.credentials(pool, login)
-        async with _hashing():
-            ok = await request.app[PASSWORDS].verify(
-                found.password_hash if found else None, password, throttle.client_address(request)
-            )
+    pool, passwords, throttle = request.app[POOL], request.app[PASSWORDS], request.app[THROTTLE]
+    address = throttle.client_address(request)
+    async with _refusals():
+        # Refused before anything is read when even a clean login would be.
+        passwords.queue.check(Work.LOGIN, address)
+    found = await users.credentials(pool, login)
+    work, rank = await throttle.login_work(pool, request, login)
+    async with (
+        _refusals(),
+        passwords.turn(work, address, rank),
+        throttle.login_attempt(pool, request, login) as attempt,
+    ):
+        ok = await passwords.verify_in_turn(found.password_hash if found else None, password)
         attempt.verified = True
         if not ok or found is None:
             log.info("login failed")
@@ -107,20 +125,24 @@ async def change_password(request: web.Request, session: Session) -> web.StreamR
     ended = ApiError(401, "authentication required")
     # Guesses at the current password, by whoever holds the token, are
     # throttled like logins: per customer and address, fleet-wide.
-    async with throttle.password_change_attempt(pool, request, session.user_id) as attempt:
-        current_hash = await db_sessions.password_hash(
-            pool, session.user_id, session.generation, session.session_id
-        )
-        if current_hash is None:
-            raise ended
-        async with _hashing():
-            ok = await passwords.verify(current_hash, old, address)
+    current_hash = await db_sessions.password_hash(
+        pool, session.user_id, session.generation, session.session_id
+    )
+    if current_hash is None:
+        raise ended
+    work, rank = await throttle.password_change_work(pool, request, session.user_id)
+    async with (
+        _refusals(),
+        passwords.turn(work, address, rank),
+        throttle.password_change_attempt(pool, request, session.user_id) as attempt,
+    ):
+        ok = await passwords.verify_in_turn(current_hash, old)
         attempt.verified = True
         if not ok:
             log.info("password change refused: wrong current password")
             raise ApiError(403, "the current password is wrong")
         attempt.succeeded = True
-    async with _hashing():
+    async with _refusals():
         new_hash = await passwords.hash(new, address)
     generation = await db_sessions.change_password(
         pool, session.user_id, session.generation, session.session_id, new_hash

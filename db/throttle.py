@@ -1,6 +1,6 @@
 """Throttle counters in PostgreSQL, shared by every API process and replica.
 
-The functions and the table are in migration 0006; each call here is one
+The functions and the table are in migrations 0006 and 0016; each call here is one
 statement, so concurrent attempts are counted one after another on the row
 of their key and no check-then-act gap exists between processes.
 """
@@ -9,18 +9,29 @@ from datetime import timedelta
 
 import asyncpg
 
-_RESERVE_LOGIN = "SELECT reserve_login_attempt($1, $2, $3, $4, $5, $6)"
+_RESERVE_LOGIN = "SELECT reserve_login_attempt_counted($1, $2, $3, $4, $5, $6)"
 
-# Success forgets the pair's failures and gives back the login-wide hit; an
-# attempt that was never verified (hashing busy) gives back both hits.
+# Success forgets the pair's failures and gives back the login-wide and the
+# address's hits; an attempt that was never verified gives back all three.
 _REFUND_LOGIN = """
 WITH whole AS (
     UPDATE throttle SET hits = greatest(hits - 1, 0) WHERE key = 'login:' || $1
+), address AS (
+    UPDATE throttle SET hits = greatest(hits - 1, 0) WHERE key = 'address:' || $2
 ), forgotten AS (
     DELETE FROM throttle WHERE key = 'pair:' || $2 || ' ' || $1 AND $3
 )
 UPDATE throttle SET hits = greatest(hits - 1, 0)
 WHERE key = 'pair:' || $2 || ' ' || $1 AND NOT $3
+"""
+
+# The failures (and attempts in progress) in their windows of the pair ($1, $2)
+# and of the address $2 on any logins. A read: it leaves nothing behind.
+_STANDING = """
+SELECT coalesce(max(hits) FILTER (WHERE key = 'pair:' || $2 || ' ' || $1), 0),
+       coalesce(max(hits) FILTER (WHERE key = 'address:' || $2), 0)
+FROM throttle
+WHERE key IN ('address:' || $2, 'pair:' || $2 || ' ' || $1) AND window_end > clock_timestamp()
 """
 
 _HIT = """
@@ -58,6 +69,13 @@ async def reserve_login(
         timedelta(seconds=window),
     )
     return wait
+
+
+async def login_standing(pool: asyncpg.Pool, login: str, address: str) -> tuple[int, int]:
+    """(failures of the pair, failures of the address on any logins), in their windows."""
+    row = await pool.fetchrow(_STANDING, login, address)
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 async def refund_login(pool: asyncpg.Pool, login: str, address: str, *, succeeded: bool) -> None:

@@ -234,6 +234,12 @@ class ApiSettings(CommonSettings):
     login_window: int = setting(
         300, "LOGIN_WINDOW", help="seconds over which failed logins are counted"
     )
+    login_address_free_failures: int = setting(
+        10,
+        "LOGIN_ADDRESS_FREE_FAILURES",
+        help="failed logins one client address may have on any logins per LOGIN_WINDOW "
+        "before its further logins wait behind clean ones for hashing",
+    )
     db_acquire_timeout: float = setting(
         1.0,
         "DB_ACQUIRE_TIMEOUT",

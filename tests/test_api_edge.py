@@ -60,6 +60,65 @@ async def test_hash_queue_serves_logins_first_and_refuses_beyond_its_bound() -> 
     assert order.index("l1") < order.index("r1") < order.index("r2")
 
 
+async def test_a_clean_login_takes_the_place_of_a_suspect_or_crowding_one() -> None:
+    queue = HashQueue(slots=1, limit=4, per_address=0)
+    gate = asyncio.Event()
+    served: list[str] = []
+
+    async def job(work: Work, name: str, address: str, rank: int = 0) -> None:
+        async with queue.turn(work, address, rank):
+            served.append(name)
+            await gate.wait()
+
+    running = asyncio.create_task(job(Work.LOGIN, "running", "r"))
+    await asyncio.sleep(0)
+    suspects = [asyncio.create_task(job(Work.SUSPECT_LOGIN, f"s{i}", "s")) for i in range(2)]
+    crowd = [asyncio.create_task(job(Work.LOGIN, f"c{i}", "c", rank=5)) for i in range(2)]
+    await asyncio.sleep(0)
+    assert queue.waiting(Work.LOGIN) + queue.waiting(Work.SUSPECT_LOGIN) == 4  # full
+    with pytest.raises(HashingBusy):  # a suspect login finds no place
+        queue.check(Work.SUSPECT_LOGIN, "t")
+    # Clean logins take the newest suspect's place, one after the other...
+    clean = [asyncio.create_task(job(Work.LOGIN, f"a{i}", f"a{i}")) for i in range(2)]
+    await asyncio.sleep(0)
+    for suspect in suspects:
+        with pytest.raises(HashingBusy):
+            await suspect
+    # ...then the place of the address holding two more than their own.
+    queue.check(Work.LOGIN, "b")
+    late = asyncio.create_task(job(Work.LOGIN, "b", "b"))
+    await asyncio.sleep(0)
+    with pytest.raises(HashingBusy):
+        await crowd[1]
+    # Now "c" holds one place, like everyone: nobody else gets one.
+    with pytest.raises(HashingBusy):
+        queue.check(Work.LOGIN, "d")
+    gate.set()
+    await asyncio.gather(running, *clean, late, crowd[0])
+    # Served: unranked before ranked, the oldest first.
+    assert served == ["running", "a0", "a1", "b", "c0"]
+
+
+async def test_a_turn_goes_to_the_address_holding_fewest() -> None:
+    queue = HashQueue(slots=1, limit=8, per_address=0)
+    gate = asyncio.Event()
+    served: list[str] = []
+
+    async def job(name: str, address: str) -> None:
+        async with queue.turn(Work.LOGIN, address):
+            served.append(name)
+            await gate.wait()
+
+    tasks = [asyncio.create_task(job("running", "x"))]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(job(f"x{i}", "x")) for i in range(3)]
+    tasks += [asyncio.create_task(job("y", "y"))]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert served == ["running", "y", "x0", "x1", "x2"]
+
+
 async def test_a_cancelled_waiter_gives_its_turn_to_the_next() -> None:
     queue = HashQueue(slots=1, limit=4)
     held = asyncio.Event()

@@ -13,10 +13,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from api.app import create_app
+from api.metrics import METRICS
+from api.passwords import HashQueue, Work
+from api.state import PASSWORDS
 from api.throttle import address_key
 from db import throttle
 from shared.settings import ApiSettings
-from tests.helpers import register
+from tests.helpers import eventually, register
 
 LOGIN = "/api/user/login"
 
@@ -182,3 +185,131 @@ async def test_addresses_of_one_ipv6_subscriber_share_a_registration_rate(
         )
         statuses.append(response.status)
     assert statuses == [200, 200, 429]
+
+
+# --- a spray of made-up logins against the hashing queue ----------------------
+
+
+@pytest.fixture
+async def sprayed(aiohttp_client: Any, api_settings: ApiSettings) -> TestClient:
+    """One hashing thread, the default queue (32) and per-address share (4)."""
+    settings = replace(
+        api_settings,
+        login_max_failures=10,
+        login_address_free_failures=3,
+        hash_concurrency=1,
+        hash_queue=32,
+        hash_per_address=4,
+        trusted_proxies="127.0.0.1",
+    )
+    return await aiohttp_client(create_app(settings))  # type: ignore[no-any-return]
+
+
+async def test_a_spray_from_20_addresses_does_not_keep_a_clean_login_out(
+    sprayed: TestClient,
+) -> None:
+    await register(sprayed, "alice", "alice-password")
+    stop = asyncio.Event()
+    seen: list[int] = []
+
+    async def spray(address: str, lane: int) -> None:
+        i = 0
+        while not stop.is_set():
+            status, _ = await attempt(sprayed, "x", address=address, login=f"no-{lane}-{i}")
+            seen.append(status)
+            i += 1
+
+    # 20 addresses, each with as many logins in flight as its share allows: 80
+    # at once, more than the queue holds.
+    sprayers = [
+        asyncio.create_task(spray(f"203.0.113.{a}", a * 4 + lane))
+        for a in range(20)
+        for lane in range(4)
+    ]
+    try:
+
+        async def queue_overflowed() -> bool:
+            return 503 in seen
+
+        await eventually(queue_overflowed, within=60)
+        # The lever worked for the sprayers (their own logins meet a full queue)
+        # but not against the customer: every one of her logins gets in.
+        mine = [
+            (await attempt(sprayed, "alice-password", address="198.51.100.77", login="alice"))[0]
+            for _ in range(5)
+        ]
+    finally:
+        stop.set()
+        await asyncio.gather(*sprayers)
+    assert mine == [200] * 5
+    assert set(seen) <= {401, 429, 503}
+
+
+async def test_attempts_refused_by_a_full_queue_leave_no_trace(
+    aiohttp_client: Any, api_settings: ApiSettings, pool: asyncpg.Pool
+) -> None:
+    settings = replace(
+        api_settings,
+        hash_concurrency=1,
+        hash_queue=4,  # registrations may queue 1
+        hash_per_address=1,
+        trusted_proxies="127.0.0.1",
+    )
+    client: TestClient = await aiohttp_client(create_app(settings))
+    await register(client, "victim", "right-password")
+    await pool.execute("DELETE FROM throttle")
+    queue = client.app[PASSWORDS].queue
+    entered, leave = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:  # the hashing thread is busy, and so is 192.0.2.1's share
+        async with queue.turn(Work.LOGIN, "192.0.2.1"):
+            entered.set()
+            await leave.wait()
+
+    holder = asyncio.create_task(hold())
+    await entered.wait()
+    waiters = [asyncio.create_task(_take_a_turn(queue, f"192.0.2.{10 + i}")) for i in range(4)]
+    registering = asyncio.create_task(
+        client.post(
+            "/api/user/register",
+            json={"login": "waits", "password": "secret-pass"},
+            headers={"X-Forwarded-For": "192.0.2.30"},
+        )
+    )
+    try:
+        await eventually(lambda: _waiting(queue, Work.REGISTRATION), within=10)
+        # Full for logins, for registrations, and for this address's share.
+        refused = [
+            await attempt(client, "right-password", address="198.51.100.1", login="victim"),
+            await attempt(client, "guess", address="198.51.100.2", login="made-up"),
+            await attempt(client, "right-password", address="192.0.2.1", login="victim"),
+        ]
+        other = await client.post(
+            "/api/user/register",
+            json={"login": "refused", "password": "secret-pass"},
+            headers={"X-Forwarded-For": "198.51.100.3"},
+        )
+        assert [status for status, _ in refused] == [503, 503, 429]
+        assert other.status == 503
+        # Nothing was counted for any of them: no row, not even an emptied one.
+        assert await pool.fetchval("SELECT count(*) FROM throttle") == 0
+        # They are counted as shed load instead.
+        registry = client.app[METRICS].registry
+        shed = {
+            cause: registry.get_sample_value("gophermart_shed_requests_total", {"cause": cause})
+            for cause in ("hashing", "hashing_address")
+        }
+        assert shed == {"hashing": 3, "hashing_address": 1}
+    finally:
+        leave.set()
+        await asyncio.gather(holder, *waiters)
+    assert (await registering).status == 200
+
+
+async def _take_a_turn(queue: HashQueue, address: str) -> None:
+    async with queue.turn(Work.LOGIN, address):
+        pass
+
+
+async def _waiting(queue: HashQueue, work: Work) -> bool:
+    return queue.waiting(work) > 0
