@@ -68,13 +68,22 @@ with warnings.catch_warnings():
         ) -> web.Request:
             expect = message.headers.get(hdrs.EXPECT)
             unmet = expect is not None and expect.strip().lower() != "100-continue"
-            if unmet:
+            if unmet or (expect is not None and self._declared_too_large(message)):
+                # A body over the limit is refused (413) before it is asked for:
+                # no "100 Continue" invites a client to send it.
                 message = _without_expect(message)
             request = super()._make_request(message, payload, protocol, *args, **kwargs)
             request[ARRIVED] = getattr(protocol, "read_at", None) or time.perf_counter()
             if unmet:
                 request[UNMET_EXPECTATION] = True
             return request
+
+        def _declared_too_large(self, message: Any) -> bool:
+            declared = message.headers.get(hdrs.CONTENT_LENGTH, "")
+            # (More digits than any size worth comparing: too large, without int() on them.)
+            return declared.isdigit() and (
+                len(declared) > 18 or int(declared) > self._client_max_size
+            )
 
 
 def _without_expect(message: Any) -> Any:
