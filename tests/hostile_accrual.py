@@ -167,6 +167,8 @@ class HostileAccrual:
                 )
             case "unknown_status":
                 return web.Response(body=_order_body(number, "DONE", "5"), content_type=JSON)
+            case "error500":
+                return web.Response(status=500, text="upstream trouble")
             case "teapot":
                 return web.Response(status=418, body=_order_body(number, "PROCESSED", "5"))
             case "huge_header":

@@ -204,6 +204,27 @@ async def test_the_same_garbage_about_one_order_is_counted_always_but_logged_spa
     ]
 
 
+async def test_an_order_failing_at_every_ask_logs_its_retries_sparingly(
+    pool: asyncpg.Pool, aiohttp_server: object
+) -> None:
+    hostile = HostileAccrual(script={"1": "error500"})
+    server = await serve(aiohttp_server, hostile)
+    stats = WorkerStats()
+    session = create_session(concurrency=2, timeout=2.0)
+    try:
+        client = AccrualClient(
+            session, str(server.make_url("")), Gate(pool, stats), stats, retry_wait_max=0.01
+        )
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(5):  # 5 asks of 4 calls each: 15 retries
+                await client.ask("1", deadline=1e18, log=LOG)
+    finally:
+        await session.close()
+    assert hostile.asked["1"] == 20
+    retries = [line["occurrences"] for line in logs if line["event"] == "accrual call failed, retrying"]
+    assert retries == [1, 2, 4, 8]
+
+
 def test_repeats_forget_the_oldest_key_beyond_their_bound() -> None:
     repeats = Repeats(max_keys=2)
     assert [repeats.note("a"), repeats.note("a"), repeats.note("a")] == [1, 2, None]

@@ -251,6 +251,7 @@ class AccrualClient:
         self._retry_wait_max = retry_wait_max
         self._cap = max(max_answer_bytes, 1024)
         self._malformed_repeats = Repeats()
+        self._retry_repeats = Repeats()
 
     async def ask(
         self, number: str, *, deadline: float, log: structlog.typing.FilteringBoundLogger
@@ -258,8 +259,17 @@ class AccrualClient:
         """Ask about one order; ``deadline`` (loop time) bounds waiting for a paced slot."""
 
         def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning("accrual call failed, retrying", error=str(exc), call=state.attempt_number)
+            # An accrual system failing about one order at every ask is logged
+            # at its 1st, 2nd, 4th, … retry only (a hostile one answers 5xx for ever).
+            occurrences = self._retry_repeats.note(number)
+            if occurrences is not None:
+                exc = state.outcome.exception() if state.outcome else None
+                log.warning(
+                    "accrual call failed, retrying",
+                    error=str(exc),
+                    call=state.attempt_number,
+                    occurrences=occurrences,
+                )
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retries),
