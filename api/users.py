@@ -40,7 +40,7 @@ async def _refusals() -> AsyncIterator[None]:
         await asyncio.sleep(REFUSAL_PAUSE)
         raise
     except HashingBusy as exc:
-        log.info("hashing busy", per_address=exc.per_address)
+        # Named on the access line (shed=hashing…) and counted: no line of its own.
         await asyncio.sleep(REFUSAL_PAUSE)
         if exc.per_address:
             raise Overloaded(
