@@ -181,9 +181,11 @@ async def test_the_same_garbage_about_one_order_is_counted_always_but_logged_spa
     try:
         client = AccrualClient(session, str(server.make_url("")), Gate(pool, stats), stats)
         with structlog.testing.capture_logs() as logs:
+            # A logger first used here (the suite caches loggers on first use).
+            log = structlog.get_logger("garbage")
             for order, times in asks.items():
                 for _ in range(times):
-                    await client.ask(order, deadline=1e18, log=LOG.bind(order=order))
+                    await client.ask(order, deadline=1e18, log=log.bind(order=order))
     finally:
         await session.close()
     # Every answer is counted...
@@ -216,12 +218,15 @@ async def test_an_order_failing_at_every_ask_logs_its_retries_sparingly(
             session, str(server.make_url("")), Gate(pool, stats), stats, retry_wait_max=0.01
         )
         with structlog.testing.capture_logs() as logs:
+            # A logger first used here (the suite caches loggers on first use).
+            log = structlog.get_logger("retries").bind(order="1")
             for _ in range(5):  # 5 asks of 4 calls each: 15 retries
-                await client.ask("1", deadline=1e18, log=LOG)
+                await client.ask("1", deadline=1e18, log=log)
     finally:
         await session.close()
     assert hostile.asked["1"] == 20
-    retries = [line["occurrences"] for line in logs if line["event"] == "accrual call failed, retrying"]
+    retrying = [line for line in logs if line["event"] == "accrual call failed, retrying"]
+    retries = [line["occurrences"] for line in retrying]
     assert retries == [1, 2, 4, 8]
 
 
