@@ -17,6 +17,7 @@ from typing import Any, cast
 import asyncpg
 import pytest
 import structlog
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from api.app import create_app
@@ -25,6 +26,7 @@ from shared import logs
 from shared.localpg import LocalPostgres, throwaway
 from shared.pg import create_pool
 from shared.settings import ApiSettings
+from tests.documented import is_api, watch_answers
 from tests.helpers import SECRET
 
 TEMPLATE = "gophermart_template"
@@ -159,6 +161,20 @@ def api_settings(database_uri: str) -> ApiSettings:
         login_max_failures=0,
         register_max_per_address=0,
     )
+
+
+@pytest.fixture
+async def aiohttp_client(aiohttp_client: Any) -> AsyncIterator[Any]:
+    """pytest-aiohttp's, with every API app's answers checked against the document."""
+    found: list[str] = []
+
+    async def start(app: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(app, web.Application) and is_api(app):
+            watch_answers(app, found)
+        return await aiohttp_client(app, *args, **kwargs)
+
+    yield start
+    assert found == [], "answers the OpenAPI document (api/openapi.yaml) does not declare"
 
 
 @pytest.fixture

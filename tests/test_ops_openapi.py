@@ -1,11 +1,15 @@
 """The OpenAPI document (api/openapi.yaml): in step with the router, the code and real answers.
 
-That every answer a running server gives (status, content type, headers, body) is
-one the document declares is proven by fuzzing it: tests/chaos/test_fuzz_openapi.py.
+That every answer the server gives is one the document declares is proven twice:
+by fuzzing a running server (tests/chaos/test_fuzz_openapi.py: statuses, content
+types, headers, bodies), and by every in-process test of the suite, whose API app
+notes any status or JSON body the document does not declare (tests/documented.py,
+wired in by conftest.py's ``aiohttp_client``).
+
 Here: the document is valid OpenAPI 3.1 describing exactly the routes the app
-serves, its limits are the code's, its examples match their schemas, and the
-answers of flows a fuzzer cannot reach (a credited order, a withdrawal, a
-password change, throttling) match theirs — checked with jsonschema.
+serves, its limits are the code's, its examples match their schemas (jsonschema),
+and the answers of a whole customer's flow (a credited order, a withdrawal, a
+password change), of throttling and of cross-site refusals are the documented ones.
 """
 
 import dataclasses
@@ -16,10 +20,7 @@ from typing import Any
 
 import asyncpg
 from aiohttp.test_utils import TestClient
-from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 
 from api.app import create_app
 from api.auth import COOKIE_NAME
@@ -28,9 +29,8 @@ from api.openapi import document
 from db.pages import PAGE_ROWS
 from shared.luhn import MAX_ORDER_DIGITS
 from shared.settings import ApiSettings
+from tests.documented import DOCUMENT, escape, operations, schema_errors, undocumented
 from tests.helpers import SECRET, credit, register
-
-METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
 def app_operations() -> set[tuple[str, str]]:
@@ -45,18 +45,9 @@ def app_operations() -> set[tuple[str, str]]:
     return found
 
 
-def documented_operations() -> dict[tuple[str, str], dict[str, Any]]:
-    return {
-        (path, method): op
-        for path, ops in document()["paths"].items()
-        for method, op in ops.items()
-        if method in METHODS
-    }
-
-
 def test_every_route_is_documented_and_every_documented_operation_exists() -> None:
     served = app_operations()
-    documented = set(documented_operations())
+    documented = set(operations())
     assert served - documented == set(), "routes missing from the OpenAPI document"
     assert documented - served == set(), "documented operations the app does not serve"
 
@@ -79,7 +70,7 @@ def test_auth_schemes_are_cookie_and_bearer() -> None:
     assert schemes["bearerAuth"]["scheme"] == "bearer"
     protected = [
         op
-        for (path, _), op in documented_operations().items()
+        for (path, _), op in operations().items()
         if path.startswith("/api/user/") and not path.endswith(("/register", "/login"))
     ]
     assert len(protected) == 9  # six of the contract, logout, password change, events
@@ -114,24 +105,8 @@ def test_the_documents_limits_are_the_ones_the_code_enforces() -> None:
 
 # --- examples and real answers match their schemas (jsonschema) ---------------
 
-_URI = "urn:gophermart:openapi"
-# Numbers as decimals, in the document and in answers, as the server writes
-# money: `multipleOf: 0.01` is then exact, not a float's approximation.
-_DOCUMENT = json.loads(json.dumps(document()), parse_float=Decimal)
-_REGISTRY: Registry[Any] = Registry().with_resource(_URI, DRAFT202012.create_resource(_DOCUMENT))
 
-
-def _escape(part: str) -> str:
-    return part.replace("~", "~0").replace("/", "~1")
-
-
-def schema_errors(value: Any, pointer: str) -> list[str]:
-    """Why ``value`` does not match the schema at ``pointer`` in the document."""
-    validator = Draft202012Validator({"$ref": f"{_URI}#{pointer}"}, registry=_REGISTRY)
-    return [f"{error.json_path}: {error.message}" for error in validator.iter_errors(value)]
-
-
-def _media_examples(node: Any = _DOCUMENT, where: str = "") -> Iterator[tuple[str, Any]]:
+def _media_examples(node: Any = DOCUMENT, where: str = "") -> Iterator[tuple[str, Any]]:
     """(pointer to the schema, example) of every media type's example."""
     if isinstance(node, dict):
         if "schema" in node:
@@ -140,7 +115,7 @@ def _media_examples(node: Any = _DOCUMENT, where: str = "") -> Iterator[tuple[st
             for example in node.get("examples", {}).values():
                 yield f"{where}/schema", example["value"]
         for key, value in node.items():
-            yield from _media_examples(value, f"{where}/{_escape(key)}")
+            yield from _media_examples(value, f"{where}/{escape(key)}")
     elif isinstance(node, list):
         for index, value in enumerate(node):
             yield from _media_examples(value, f"{where}/{index}")
@@ -167,17 +142,6 @@ def test_the_schemas_reject_what_they_forbid() -> None:
     assert schema_errors({"number": "18", "status": "DONE", "uploaded_at": "x"}, order)
 
 
-def response_schema(path: str, method: str, status: int) -> str:
-    """The pointer to the JSON schema of that documented answer."""
-    response = documented_operations()[(path, method)]["responses"][str(status)]
-    where = (
-        response["$ref"][1:]
-        if "$ref" in response
-        else (f"/paths/{_escape(path)}/{method}/responses/{status}")
-    )
-    return f"{where}/content/application~1json/schema"
-
-
 async def check(
     client: TestClient,
     method: str,
@@ -188,16 +152,14 @@ async def check(
 ) -> Any:
     """Make the request; its status and body must be the documented ones."""
     response = await client.request(method, path, **kwargs)
-    assert response.status == expected, await response.text()
-    operation = documented_operations()[(doc_path or path, method.lower())]
-    assert str(expected) in operation["responses"]
+    body = await response.read()
+    assert response.status == expected, body
+    operation = (doc_path or path, method.lower())
+    assert str(expected) in operations()[operation]["responses"]
+    assert undocumented(*operation, expected, response.content_type, body) is None
     if expected == 204:
         assert response.headers["Content-Type"] == "application/json"
-        return None
-    body = json.loads(await response.read(), parse_float=Decimal)
-    schema = response_schema(doc_path or path, method.lower(), expected)
-    assert schema_errors(body, schema) == [], body
-    return body
+    return json.loads(body, parse_float=Decimal) if body else None
 
 
 async def test_real_responses_conform_to_the_document(
@@ -316,7 +278,7 @@ async def test_every_change_from_another_site_is_a_documented_403(client: TestCl
     # The cross-site guard answers before any handler, so every state-changing
     # operation must document it, a future one included.
     await register(client, "carol")  # the cookie jar holds a session from now on
-    changes = [(path, method) for path, method in documented_operations() if method != "get"]
+    changes = [(path, method) for path, method in operations() if method != "get"]
     assert len(changes) == 6
     for path, method in changes:
         await check(
