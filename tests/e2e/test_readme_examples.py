@@ -237,13 +237,20 @@ def gophermart(home: Path) -> Iterator[tuple[subprocess.Popen[bytes], list[str]]
     enter = ["nsenter", f"--net=/proc/{runner.pid}/ns/net"] if private else []
     try:
         yield runner, enter
-    finally:
-        runner.send_signal(signal.SIGTERM)
-        try:
-            runner.wait(30)
-        except subprocess.TimeoutExpired:
-            runner.kill()
-            runner.wait()
+    except BaseException:
+        runner.kill()  # its children carry a parent-death signal
+        runner.wait()
+        raise
+    # Ctrl-C stops all of it, cleanly, and the cluster stays under ./.data.
+    runner.send_signal(signal.SIGINT)
+    try:
+        code = runner.wait(30)
+    except subprocess.TimeoutExpired:
+        runner.kill()
+        runner.wait()
+        raise
+    assert code == 0, _tail(home / "gophermart.log")
+    assert (home / ".data" / "postgres" / "pgdata" / "PG_VERSION").exists()
 
 
 @pytest.fixture

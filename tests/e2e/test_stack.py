@@ -55,35 +55,3 @@ async def test_harness_drives_the_whole_system_through_one_executable(
         if stack.running:
             stack.kill()
         sim.stop()
-
-
-async def test_without_database_or_accrual_it_starts_its_own(log_dir: Path) -> None:
-    api_port, pg_port, sim_port = free_port(), free_port(), free_port()
-    stack = Service(
-        "gophermart-local",
-        "stack",
-        {
-            "RUN_ADDRESS": f"127.0.0.1:{api_port}",
-            "GOPHERMART_DATA_DIR": str(log_dir / "data"),
-            "GOPHERMART_LOCAL_PG_PORT": str(pg_port),
-            "GOPHERMART_SIMULATOR_ADDRESS": f"127.0.0.1:{sim_port}",
-        },
-        log_dir,
-        port=api_port,
-    )
-    stack.env.pop("DATABASE_URI", None)
-    stack.env.pop("ACCRUAL_SYSTEM_ADDRESS", None)
-    try:
-        stack.start()
-        assert await _register_and_upload(service_url(api_port)) == (202, 200)
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"{service_url(sim_port)}/api/stats") as response,
-        ):
-            assert response.status == 200
-            assert (await response.json())["rules_known"] >= 2  # seeded demo rules
-        assert stack.stop(signal.SIGINT, timeout=20) == 0, stack.log()[-3000:]
-        assert (log_dir / "data" / "postgres" / "pgdata" / "PG_VERSION").exists()
-    finally:
-        if stack.running:
-            stack.kill()
