@@ -256,3 +256,23 @@ def test_api_md_and_the_openapi_document_name_the_same_statuses() -> None:
         if unnamed := documented - named - common:
             wrong.append(f"{method} {path}: the document has {sorted(unnamed)}, api.md does not")
     assert not wrong, wrong
+
+
+def test_defaults_quoted_in_prose_are_the_declared_ones() -> None:
+    """ "`WORKER_LEASE` (30 s)", "`MAX_BODY_BYTES` (64 KiB)", "(97 %)": as declared."""
+    defaults = {env: default for env, _, default in _service_settings()}
+    quoted = re.compile(r"`([A-Z][A-Z0-9_]+)` \(([0-9][0-9,.]*)(?: ?(KiB|%))?(?![0-9,.]| ?=)")
+    scale = {"KiB": 1024.0, "%": 0.01, None: 1.0}
+    wrong = []
+    seen = 0
+    for page in PAGES:
+        for env, number, unit in quoted.findall(_prose(page)):
+            default = defaults.get(env)
+            if isinstance(default, bool) or not isinstance(default, int | float):
+                continue
+            seen += 1
+            said = float(number.replace(",", "").rstrip(".")) * scale[unit or None]
+            if abs(said - float(default)) > 1e-9:
+                wrong.append(f"{page.name}: {env} ({number}{unit}), declared {default}")
+    assert seen > 15  # the pattern finds the quotes
+    assert not wrong, wrong
