@@ -63,7 +63,7 @@ DATABASE_DOWN: tuple[type[BaseException], ...] = (
 # What background loops, listeners and probes catch, log and try again. A
 # constraint or data error is a PostgresError too and fails again on the same
 # data: a caller that retries the same data sets those apart
-# (worker.loop.unappliable).
+# (worker.writeback.unappliable).
 WORTH_RETRYING: tuple[type[BaseException], ...] = (*DATABASE_DOWN, asyncpg.PostgresError)
 
 
