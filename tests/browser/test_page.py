@@ -258,7 +258,11 @@ async def test_russian_browser_gets_russian_and_the_switch_remembers_english(
         lambda: page.text("current").replace("\u00a0", " ") == "12 345,60",
         "the balance in Russian format",
     )
-    assert page.order_row(with_check_digit("31337"))[1] == "Начислено"
+    # The list is fetched apart from the balance, so it may be drawn a moment later.
+    page.wait_until(
+        lambda: page.order_row(with_check_digit("31337"))[1:2] == ["Начислено"],
+        "the credited order in Russian",
+    )
     page.check_accessibility("the account in Russian")
     page.shot("russian")
 
