@@ -56,6 +56,10 @@ _DUE = f"{_PENDING} AND o.next_attempt_at <= now()"
 # without end would keep another user's long-unknown order waiting for ever.
 # A long-unknown order that has been due for _PROMOTE_AFTER ranks with the
 # fresh ones (where it usually wins its turn: its owner has fewer due).
+# When the walk finds one user in one lane (one customer's bulk upload, the
+# queue's heaviest moment), nobody else has a due order and the turn-by-turn
+# ranking is that user's orders by due time: one range scan of orders_queue
+# locks them ("alone") and the ranking and the fallback are skipped.
 _PROMOTE_AFTER = "5 seconds"
 _CLAIM = f"""
 WITH RECURSIVE gate AS (
@@ -90,6 +94,14 @@ WITH RECURSIVE gate AS (
     WHERE f.user_id IS NOT NULL AND w.n < greatest($1, 32)
 ), users_found AS (
     SELECT count(*) AS n FROM walk
+), alone AS (
+    SELECT c.ctid FROM walk w CROSS JOIN LATERAL (
+        SELECT o.ctid FROM orders o
+        WHERE {_DUE} AND o.lane = w.lane AND o.user_id = w.user_id
+        ORDER BY o.next_attempt_at
+        LIMIT $1
+        FOR UPDATE OF o SKIP LOCKED) c
+    WHERE (SELECT n FROM users_found) = 1
 ), candidates AS (
     SELECT c.id, c.ctid, w.lane, c.next_attempt_at,
            row_number() OVER (PARTITION BY w.lane, w.user_id ORDER BY c.next_attempt_at) AS turn,
@@ -99,6 +111,7 @@ WITH RECURSIVE gate AS (
         WHERE {_DUE} AND o.lane = w.lane AND o.user_id = w.user_id
         ORDER BY o.next_attempt_at
         LIMIT (SELECT ceil(3.0 * $1 / n) FROM users_found)) c
+    WHERE (SELECT n FROM users_found) > 1
 ), picked AS (
     SELECT ARRAY(SELECT ctid FROM candidates
                  ORDER BY CASE WHEN lane = 0
@@ -116,7 +129,7 @@ WITH RECURSIVE gate AS (
     -- finds them taken fills the batch first come, first served instead.
     SELECT o.ctid FROM orders o
     WHERE {_DUE} AND o.ctid <> ALL(ARRAY(SELECT ctid FROM locked))
-      AND NOT EXISTS (SELECT 1 FROM accrual_gate WHERE paused_until > now())
+      AND (SELECT n FROM users_found) > 1
     ORDER BY o.next_attempt_at
     LIMIT (SELECT $1 - count(*) FROM locked)
     FOR UPDATE OF o SKIP LOCKED
@@ -124,7 +137,9 @@ WITH RECURSIVE gate AS (
     UPDATE orders o
     SET next_attempt_at = now() + $2::float8 * interval '1 second',
         attempts = attempts + 1
-    WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM locked UNION ALL SELECT ctid FROM more))
+    WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM alone
+                             UNION ALL SELECT ctid FROM locked
+                             UNION ALL SELECT ctid FROM more))
     RETURNING o.id, o.number, o.attempts, o.status,
               extract(epoch FROM now() - o.uploaded_at)::float8 AS age
 )

@@ -85,6 +85,22 @@ async def test_two_users_with_many_due_orders_share_each_claim_evenly(pool: asyn
         assert sorted(o.number[0] for o in claimed) == ["1"] * 5 + ["2"] * 5
 
 
+async def test_a_lone_users_claim_takes_their_longest_due_first_past_orders_held_elsewhere(
+    pool: asyncpg.Pool,
+) -> None:
+    user = await make_user(pool)
+    await flood(pool, user, 500)  # the only user with due orders: one lane, one user
+    due = [
+        r["id"] for r in await pool.fetch("SELECT id FROM orders ORDER BY next_attempt_at LIMIT 20")
+    ]
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.fetch("SELECT 1 FROM orders WHERE id = ANY($1) FOR UPDATE", due[:3])
+        claimed = (await queue.claim(pool, limit=5, lease=30)).orders
+    assert sorted(o.id for o in claimed) == sorted(due[3:8])
+    claimed = (await queue.claim(pool, limit=5, lease=30)).orders
+    assert sorted(o.id for o in claimed) == sorted(due[:3] + due[8:10])
+
+
 async def test_every_due_order_is_claimed_in_the_end(pool: asyncpg.Pool) -> None:
     users = [await make_user(pool, f"u{i}") for i in range(30)]
     for i, user in enumerate(users):
