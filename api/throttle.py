@@ -108,9 +108,11 @@ class Throttle:
     ) -> tuple[Work, int]:
         """How an attempt at ``login`` queues for hashing: its kind and its rank.
 
-        A suspect login: its (login, address) pair failed in the window, or its
-        address failed LOGIN_ADDRESS_FREE_FAILURES times on any logins (a spray
-        of made-up logins is a fresh pair every time). The rank, the address's
+        A suspect login: its (login, address) pair used up its free failures in
+        the window (FREE_FAILURES, before which the pair is not delayed either:
+        a customer's typo must not put them behind a spray), or its address
+        failed LOGIN_ADDRESS_FREE_FAILURES times on any logins (a spray of
+        made-up logins is a fresh pair every time). The rank, the address's
         failures, orders clean logins: an address without any goes first. Read
         before the attempt is reserved, so that one refused by a full queue
         leaves no row behind. Whether the login exists plays no part: no oracle.
@@ -119,7 +121,8 @@ class Throttle:
         if settings.login_max_failures <= 0:
             return Work.LOGIN, 0
         pair, address = await throttle.login_standing(pool, login, self.client_address(request))
-        suspect = pair > 0 or address >= settings.login_address_free_failures
+        free = min(FREE_FAILURES, settings.login_max_failures)
+        suspect = pair >= free or address >= settings.login_address_free_failures
         return (Work.SUSPECT_LOGIN if suspect else Work.LOGIN), address
 
     def password_change_work(

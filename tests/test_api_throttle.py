@@ -313,3 +313,42 @@ async def _take_a_turn(queue: HashQueue, address: str) -> None:
 
 async def _waiting(queue: HashQueue, work: Work) -> bool:
     return queue.waiting(work) > 0
+
+
+async def test_a_customer_who_mistyped_once_still_gets_in_during_a_spray(
+    sprayed: TestClient,
+) -> None:
+    # One typo is one of the pair's free failures: it must not make the
+    # customer's next, right, attempt suspect, queued with the spray and
+    # refused with it while the spray fills the queue.
+    await register(sprayed, "bob", "bob-password")
+    assert (await attempt(sprayed, "typo", address="198.51.100.78", login="bob"))[0] == 401
+    stop = asyncio.Event()
+    seen: list[int] = []
+
+    async def spray(address: str, lane: int) -> None:
+        i = 0
+        while not stop.is_set():
+            status, _ = await attempt(sprayed, "x", address=address, login=f"no-{lane}-{i}")
+            seen.append(status)
+            i += 1
+
+    sprayers = [
+        asyncio.create_task(spray(f"203.0.113.{a}", a * 4 + lane))
+        for a in range(20)
+        for lane in range(4)
+    ]
+    try:
+
+        async def queue_overflowed() -> bool:
+            return 503 in seen
+
+        await eventually(queue_overflowed, within=60)
+        mine = [
+            (await attempt(sprayed, "bob-password", address="198.51.100.78", login="bob"))[0]
+            for _ in range(5)
+        ]
+    finally:
+        stop.set()
+        await asyncio.gather(*sprayers)
+    assert mine == [200] * 5
