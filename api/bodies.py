@@ -5,7 +5,7 @@ import unicodedata
 from decimal import Decimal
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from api.errors import ApiError, ClientGone
@@ -28,6 +28,10 @@ _ORDER_TYPES = {
 }
 # Bodies are read as UTF-8 (which includes ASCII); another declared charset is refused.
 _CHARSETS = {None, "utf-8", "utf8", "us-ascii", "ascii"}
+# Content codings a body may come in, one at most. aiohttp decodes these and passes
+# any coding it does not know as it is: "Content-Encoding: foo" would otherwise be
+# read as plain bytes, and "gzip, gzip" decoded once.
+_CODINGS = {"identity", "gzip", "x-gzip", "deflate"}
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -39,6 +43,14 @@ async def read_body(request: web.Request) -> bytes:
     """
     if request.charset not in _CHARSETS:
         raise ApiError(415, "send the body as UTF-8")
+    codings = [
+        coding.strip().lower()
+        for header in request.headers.getall(hdrs.CONTENT_ENCODING, [])
+        for coding in header.split(",")
+        if coding.strip()
+    ]
+    if len(codings) > 1 or not set(codings) <= _CODINGS:
+        raise ApiError(415, "send the body as it is, or gzip- or deflate-encoded once")
     try:
         async with asyncio.timeout(request.app[SETTINGS].body_timeout):
             return await request.read()

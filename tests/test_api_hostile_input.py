@@ -203,6 +203,24 @@ async def test_gzip_request_bodies_are_accepted(client: TestClient) -> None:
     assert response.status == 200
 
 
+@pytest.mark.parametrize("coding", ["foo", "compress", "identity, foo", "gzip, gzip"])
+async def test_an_unknown_or_stacked_content_coding_is_415_and_leaves_no_trace(
+    client: TestClient, pool: asyncpg.Pool, coding: str
+) -> None:
+    # Not read as plain bytes (an unknown coding) nor decoded once out of twice.
+    body = b'{"login": "coded", "password": "p"}'
+    if coding == "gzip, gzip":
+        body = gzip.compress(gzip.compress(body))
+    response = await client.post(
+        REGISTER,
+        data=body,
+        headers={"Content-Type": "application/json", "Content-Encoding": coding},
+    )
+    assert response.status == 415
+    assert "gzip" in (await response.json())["error"]
+    assert await pool.fetchval("SELECT count(*) FROM users") == 0
+
+
 async def test_gzip_bomb_is_refused_with_413(client: TestClient, pool: asyncpg.Pool) -> None:
     bomb = gzip.compress(b'{"login": "' + b"a" * 50_000_000 + b'", "password": "p"}')
     assert len(bomb) < 100_000
