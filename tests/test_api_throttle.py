@@ -250,6 +250,8 @@ async def test_attempts_refused_by_a_full_queue_leave_no_trace(
 ) -> None:
     settings = replace(
         api_settings,
+        login_max_failures=10,
+        register_max_per_address=10,
         hash_concurrency=1,
         hash_queue=4,  # registrations may queue 1
         hash_per_address=1,
