@@ -144,18 +144,19 @@ async def test_killed_worker_loses_nothing_and_credits_nothing_twice(
 async def test_fleet_honours_the_rate_limit_pause(
     start_system: SystemFactory, pool: asyncpg.Pool
 ) -> None:
-    # 8 requests per 2-second window, two workers, 40 orders: several windows.
+    # 8 requests per 2-second window, two workers, 24 orders: three windows at least,
+    # so the fleet is paused and resumed more than once.
     system = await start_system(
         sim_args=("--delay", "0", "--rate-limit", "8", "--rate-window", "2")
     )
     await system.sim_rule("Bork", "1", "pt")
-    token, numbers = await _orders_known_and_uploaded(system, "limited", 50000, 40)
+    token, numbers = await _orders_known_and_uploaded(system, "limited", 50000, 24)
 
     await _wait_all_processed(system, pool, len(numbers), within=60)
     stats = await system.sim_stats()
     assert stats["requests_during_pause"] == 0, stats
     assert stats["too_many_requests"] >= 1, stats  # the limit was actually hit
-    assert await system.get(token, "/api/user/balance") == (200, {"current": 40, "withdrawn": 0})
+    assert await system.get(token, "/api/user/balance") == (200, {"current": 24, "withdrawn": 0})
 
 
 async def test_processes_exit_cleanly_on_sigint_and_sigterm(start_system: SystemFactory) -> None:
