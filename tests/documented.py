@@ -8,6 +8,7 @@ the document, for the answers a fuzzer cannot provoke (a database outage, a busy
 pool, a slow body, throttling) as much as for the common ones.
 """
 
+import functools
 import json
 from decimal import Decimal
 from typing import Any
@@ -37,6 +38,7 @@ def escape(part: str) -> str:
     return part.replace("~", "~0").replace("/", "~1")
 
 
+@functools.cache
 def operations() -> dict[tuple[str, str], dict[str, Any]]:
     """(path template, method) -> the documented operation."""
     return {
@@ -47,10 +49,15 @@ def operations() -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
+@functools.cache
+def _validator(pointer: str) -> Draft202012Validator:
+    return Draft202012Validator({"$ref": f"{_URI}#{pointer}"}, registry=_REGISTRY)
+
+
 def schema_errors(value: Any, pointer: str) -> list[str]:
     """Why ``value`` does not match the schema at ``pointer`` in the document."""
-    validator = Draft202012Validator({"$ref": f"{_URI}#{pointer}"}, registry=_REGISTRY)
-    return [f"{error.json_path}: {error.message}" for error in validator.iter_errors(value)]
+    errors = _validator(pointer).iter_errors(value)
+    return [f"{error.json_path}: {error.message}" for error in errors]
 
 
 def response_schema(path: str, method: str, status: int) -> str:
