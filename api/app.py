@@ -10,6 +10,7 @@ from aiohttp import web
 from api import balance, orders, page, users
 from api.arrival import Application
 from api.crosssite import cross_site_guard
+from api.devices import DeviceCookies
 from api.events import end_streams_on_shutdown, hub_context, user_events
 from api.listgate import StreamGate
 from api.metrics import METRICS, ApiMetrics
@@ -18,7 +19,7 @@ from api.openapi import add_docs_routes
 from api.ops import add_ops_routes
 from api.passwords import Passwords
 from api.sessions import RevocationListener, Sessions, WeakSecretError
-from api.state import LIST_GATE, PASSWORDS, POOL, SESSIONS, SETTINGS, STALLS, THROTTLE
+from api.state import DEVICES, LIST_GATE, PASSWORDS, POOL, SESSIONS, SETTINGS, STALLS, THROTTLE
 from api.throttle import ClientAddress, Throttle, sweep_forever
 from db.migrate import migrate_when_ready
 from shared.ops import quiet_server_header
@@ -128,6 +129,7 @@ def create_app(settings: ApiSettings) -> web.Application:
         )
     except WeakSecretError as exc:
         raise SystemExit(f"gophermart-api: {exc}") from exc
+    app[DEVICES] = DeviceCookies(app[SESSIONS].sealer, cookie_secure=settings.cookie_secure)
     app[THROTTLE] = Throttle(settings)
     # Each long list holds at most one connection at a time: half the pool
     # always stays for everything else.

@@ -52,6 +52,9 @@ def _lower_priority() -> None:
 class Work(enum.IntEnum):
     """Kinds of hashing work, in the order they are served."""
 
+    # A login vouched for by a device cookie of that login (api.devices): served
+    # first, and it takes the place of any other login when the queue is full.
+    TRUSTED_LOGIN = 3
     LOGIN = 0
     REGISTRATION = 1
     # A login whose address or login-and-address pair failed recently (api.throttle):
@@ -59,7 +62,7 @@ class Work(enum.IntEnum):
     SUSPECT_LOGIN = 2
 
 
-_LOGINS = (Work.LOGIN, Work.SUSPECT_LOGIN)
+_LOGINS = (Work.TRUSTED_LOGIN, Work.LOGIN, Work.SUSPECT_LOGIN)
 
 
 class HashingBusy(Exception):
@@ -86,7 +89,8 @@ class HashQueue:
     its kind (0: no such share). When logins fill the queue, a clean login
     still gets a place: it takes the newest suspect login's, else the newest
     of the address holding at least two places more than its own (that one
-    is refused, 503). Within a kind, a turn goes first to the address holding
+    is refused, 503); a trusted login takes the newest suspect's, else the
+    newest clean login's. Within a kind, a turn goes first to the address holding
     the fewest. So addresses that keep failing cannot keep a clean login out,
     nor can a few addresses crowd out, or queue ahead of, one with a single
     attempt.
@@ -168,6 +172,10 @@ class HashQueue:
                 self._evict(suspects, suspects[-1])
             return True
         clean = self._waiting[Work.LOGIN]
+        if work is Work.TRUSTED_LOGIN:
+            if clean and evict:
+                self._evict(clean, clean[-1])
+            return bool(clean)
         places = Counter(waiter.address for waiter in clean)
         crowded, held = places.most_common(1)[0] if places else ("", 0)
         if held < places[address] + 2:

@@ -93,8 +93,14 @@ class Sealer:
     """Seals sessions into tokens and opens them again (no database involved)."""
 
     def __init__(self, secret: str | None, ttl: int) -> None:
-        self._fernet = Fernet(base64.urlsafe_b64encode(fernet_key(secret)))
+        self._key = fernet_key(secret)
+        self._fernet = Fernet(base64.urlsafe_b64encode(self._key))
         self.ttl = ttl
+
+    def fernet_for(self, purpose: str) -> Fernet:
+        """A Fernet of its own for another kind of token: what it seals is no session."""
+        derived = hashlib.sha256(purpose.encode() + b"\0" + self._key).digest()
+        return Fernet(base64.urlsafe_b64encode(derived))
 
     def seal(self, user_id: int, generation: int) -> tuple[str, Session]:
         now = int(time.time())

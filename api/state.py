@@ -3,6 +3,7 @@
 import asyncpg
 from aiohttp import web
 
+from api.devices import DeviceCookies
 from api.listgate import StreamGate
 from api.passwords import Passwords
 from api.sessions import Sessions
@@ -17,3 +18,4 @@ THROTTLE = web.AppKey("throttle", Throttle)
 SESSIONS = web.AppKey("sessions", Sessions)
 LIST_GATE = web.AppKey("list_gate", StreamGate)
 STALLS = web.AppKey("stalls", Stalls)
+DEVICES = web.AppKey("devices", DeviceCookies)

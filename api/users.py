@@ -12,7 +12,7 @@ from api.bodies import read_credentials, read_password_change
 from api.errors import ApiError, Overloaded
 from api.passwords import HashingBusy, Work
 from api.sessions import Session
-from api.state import PASSWORDS, POOL, SESSIONS, THROTTLE
+from api.state import DEVICES, PASSWORDS, POOL, SESSIONS, SETTINGS, THROTTLE
 from api.throttle import Throttled
 from db import sessions as db_sessions
 from db import users
@@ -66,6 +66,7 @@ async def register(request: web.Request) -> web.StreamResponse:
         raise ApiError(409, "login is already taken")
     response = json_response({"status": "registered"})
     hand_out(request, response, user_id, generation=0)
+    request.app[DEVICES].hand_out(response, login)
     log.info("user registered")
     return response
 
@@ -79,12 +80,16 @@ async def login(request: web.Request) -> web.StreamResponse:
     """
     login, password = await read_credentials(request)
     pool, passwords, throttle = request.app[POOL], request.app[PASSWORDS], request.app[THROTTLE]
+    devices = request.app[DEVICES]
     address = throttle.client_address(request)
+    vouched = devices.vouches_for(request, login)
     async with _refusals():
-        # Refused before anything is read when even a clean login would be.
-        passwords.queue.check(Work.LOGIN, address)
+        # Refused before anything is read when even a clean (or trusted) login would be.
+        passwords.queue.check(Work.TRUSTED_LOGIN if vouched else Work.LOGIN, address)
     found = await users.credentials(pool, login)
     work, rank = await throttle.login_work(pool, request, login)
+    if vouched and await devices.trusted(pool, request, login, request.app[SETTINGS].login_window):
+        work = Work.TRUSTED_LOGIN
     async with (
         _refusals(),
         passwords.turn(work, address, rank),
@@ -98,6 +103,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         attempt.succeeded = True
     response = json_response({"status": "authenticated"})
     hand_out(request, response, found.user_id, generation=found.session_generation)
+    devices.hand_out(response, login)
     return response
 
 

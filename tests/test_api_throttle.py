@@ -5,17 +5,19 @@ Client addresses are varied through X-Forwarded-For from a trusted proxy
 """
 
 import asyncio
+import itertools
 from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, make_mocked_request
 
 from api.app import create_app
+from api.devices import DEVICE_COOKIE, TRUSTED_PER_WINDOW
 from api.metrics import METRICS
 from api.passwords import HashQueue, Work
-from api.state import PASSWORDS
+from api.state import DEVICES, PASSWORDS
 from api.throttle import address_key
 from db import throttle
 from shared.settings import ApiSettings
@@ -259,6 +261,7 @@ async def test_attempts_refused_by_a_full_queue_leave_no_trace(
     )
     client: TestClient = await aiohttp_client(create_app(settings))
     await register(client, "victim", "right-password")
+    client.session.cookie_jar.clear()  # no device cookie: nobody here is let ahead
     await pool.execute("DELETE FROM throttle")
     queue = client.app[PASSWORDS].queue
     entered, leave = asyncio.Event(), asyncio.Event()
@@ -354,3 +357,69 @@ async def test_a_customer_who_mistyped_once_still_gets_in_during_a_spray(
         stop.set()
         await asyncio.gather(*sprayers)
     assert mine == [200] * 5
+
+
+async def test_a_device_cookie_gets_a_returning_customer_through_a_spray_of_clean_addresses(
+    sprayed: TestClient,
+) -> None:
+    # Every made-up login from an address of its own: each is clean, holds one
+    # place, and a clean login can take none of them. Her browser's device
+    # cookie (handed out at registration) puts her ahead of them all.
+    await register(sprayed, "dora", "dora-password")
+    assert any(cookie.key == DEVICE_COOKIE for cookie in sprayed.session.cookie_jar)
+    stop = asyncio.Event()
+    seen: list[int] = []
+    numbers = itertools.count(1)
+
+    async def spray() -> None:
+        while not stop.is_set():
+            i = next(numbers)
+            address = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+            status, _ = await attempt(sprayed, "x", address=address, login=f"no-{i}")
+            seen.append(status)
+
+    sprayers = [asyncio.create_task(spray()) for _ in range(80)]
+    try:
+
+        async def queue_overflowed() -> bool:
+            return 503 in seen
+
+        await eventually(queue_overflowed, within=60)
+        mine = [
+            (await attempt(sprayed, "dora-password", address="198.51.100.79", login="dora"))[0]
+            for _ in range(5)
+        ]
+    finally:
+        stop.set()
+        await asyncio.gather(*sprayers)
+    assert mine == [200] * 5
+
+
+async def test_a_device_cookie_vouches_for_its_own_login_only_and_only_so_often(
+    sprayed: TestClient, pool: asyncpg.Pool
+) -> None:
+    response = await sprayed.post(LOGIN, json={"login": "nobody", "password": "x"})
+    assert response.status == 401
+    assert not any(cookie.key == DEVICE_COOKIE for cookie in sprayed.session.cookie_jar)
+    await register(sprayed, "erin", "erin-password")
+    token = next(c.value for c in sprayed.session.cookie_jar if c.key == DEVICE_COOKIE)
+    devices = sprayed.app[DEVICES]
+
+    def carrying(value: str) -> Any:
+        return make_mocked_request("POST", LOGIN, headers={"Cookie": f"{DEVICE_COOKIE}={value}"})
+
+    assert devices.vouches_for(carrying(token), "erin")
+    assert not devices.vouches_for(carrying(token), "erin2")
+    assert not devices.vouches_for(carrying(token), "Erin")
+    tampered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    assert not devices.vouches_for(carrying(tampered), "erin")
+    assert not devices.vouches_for(carrying("x" * 5000), "erin")
+    # A session token is no device cookie, though sealed from the same secret.
+    session = next(c.value for c in sprayed.session.cookie_jar if c.key == "gophermart_session")
+    assert not devices.vouches_for(carrying(session), "erin")
+    # Whoever holds one gets only so many trusted attempts at the login per window.
+    trusted = [
+        await devices.trusted(pool, carrying(token), "erin", 300)
+        for _ in range(TRUSTED_PER_WINDOW + 2)
+    ]
+    assert trusted == [True] * TRUSTED_PER_WINDOW + [False] * 2
