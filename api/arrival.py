@@ -21,13 +21,16 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from api.unread import ClosingHandler
+
 ARRIVED = web.RequestKey("arrived", float)
 # The request carried an Expect other than 100-continue (its value is dropped).
 UNMET_EXPECTATION = web.RequestKey("unmet_expectation", bool)
 
 
-class StampingHandler(RequestHandler):
-    """aiohttp's connection protocol, noting when it last read bytes.
+class StampingHandler(ClosingHandler):
+    """aiohttp's connection protocol, noting when it last read bytes (and, as
+    api.unread's, closing promptly after an answer that abandons the body).
 
     Subclass it (not RequestHandler) for a protocol of one's own, or requests
     lose their arrival time.

@@ -21,6 +21,7 @@ from api.errors import (
 from api.metrics import METRICS
 from api.negotiation import accepts_gzip
 from api.state import SETTINGS
+from api.unread import abandon_body
 from shared.logs import bounded
 from shared.pg import DATABASE_DOWN, PoolBusy
 from shared.responses import error_response
@@ -30,6 +31,11 @@ log = structlog.get_logger("api.access")
 # Client-supplied request ids are echoed only when they look like ids.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 COMPRESS_MIN_BYTES = 1024
+# Answers after which the request's body is never read: refused before it (413 for
+# a declared oversize, 417), given up on (408), or cut at MAX_BODY_BYTES (aiohttp's
+# 413). The connection closes at once after them, not after aiohttp's 10 s linger
+# waiting for a body the client may never send (api.unread).
+BODY_ABANDONED_STATUSES = frozenset({408, 413, 417})
 
 
 def _request_id(request: web.Request) -> str:
@@ -62,9 +68,6 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         )
     except Overloaded as exc:
         response = _shed(request, exc)
-    except BodyTooLarge as exc:
-        response = error_response(exc.status, exc.reason)
-        response.force_close()
     except ApiError as exc:
         response = error_response(exc.status, exc.reason, exc.headers)
     except web.HTTPException as exc:
@@ -79,6 +82,8 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         log.exception("unhandled error")
         response = error_response(500, f"internal error (request id {request_id})")
     if not response.prepared:  # a streamed answer set its headers itself
+        if response.status in BODY_ABANDONED_STATUSES:
+            abandon_body(response)
         response.headers["X-Request-ID"] = request_id
         if request.path.startswith("/api/user/"):
             # Tokens and a customer's own data: for no shared or browser cache.
@@ -101,8 +106,8 @@ def _refuse_declared_oversize(request: web.Request) -> None:
 
     Otherwise the body would be read until it passes the limit: a client that
     declares a huge length and then sends nothing (or a byte now and then)
-    would hold the request until BODY_TIMEOUT. The connection is closed after
-    the answer, since the body it announced is not going to be read.
+    would hold the request until BODY_TIMEOUT. The connection is closed as soon
+    as the answer is written, since the body it announced is not going to be read.
     """
     declared = request.content_length
     if declared is not None and declared > request.app[SETTINGS].max_body_bytes:

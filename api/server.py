@@ -89,7 +89,9 @@ class ConnectionLimits:
         self.per_address = per_address
         self.open = 0
         self.by_address: Counter[str] = Counter()
-        self.lingering = 0  # refused connections still open for a moment
+        # Refused connections, and ones whose request body was abandoned, still
+        # open for a moment.
+        self.lingering = 0
 
     def admit(self, address: str) -> bytes | None:
         """None when the connection may stay, else the answer to close it with."""
@@ -165,11 +167,24 @@ class GuardedHandler(StampingHandler):
         self._lingering = True
         self._loop.call_later(REFUSED_LINGER, transport.close)
 
+    def _may_linger(self) -> bool:
+        # After an answer that abandons the body the connection serves nothing
+        # more: its slots are free at once, and its brief drain counts among
+        # the lingering refused connections (closed at once beyond their cap).
+        if self._address is not None:
+            self._limits.release(self._address)
+            self._address = None
+        if self._limits.lingering >= MAX_LINGERING:
+            return False
+        self._limits.lingering += 1
+        self._lingering = True
+        return True
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._lingering:
+            self._limits.lingering -= 1
+            self._lingering = False
         if self._refused:  # aiohttp never saw this connection
-            if self._lingering:
-                self._limits.lingering -= 1
-                self._lingering = False
             return
         if self._address is not None:
             self._limits.release(self._address)

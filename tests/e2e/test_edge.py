@@ -588,6 +588,44 @@ async def test_connection_caps_keep_file_descriptors_for_everyone_else(
     assert_clean_log(api, [PASSWORD])
 
 
+async def test_a_refused_oversize_body_frees_its_connection_slot_at_once(
+    start_api: ApiFactory,
+) -> None:
+    # Two connections per address: were a refused connection held while aiohttp
+    # lingers for the body it will never read (10 s), the third would be told 429.
+    api = await start_api(MAX_CONNECTIONS_PER_ADDRESS="2", HEADER_TIMEOUT="60")
+    assert api.port is not None
+    port = api.port
+    oversize = (
+        b"POST /api/user/register HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{"
+    )
+
+    def refused_then_served() -> tuple[list[Answer], Answer]:
+        answers = []
+        with ExitStack() as stack:
+            for _ in range(4):  # each kept open on this side, body never sent
+                sock = stack.enter_context(
+                    socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.3", 0))
+                )
+                sock.sendall(oversize)
+                # Read to the server's end of the connection. The bound is about
+                # correctness, not speed: the close must follow the answer, not
+                # aiohttp's 10 s linger; 5 s is generous on a loaded machine.
+                sock.settimeout(5)
+                raw = b""
+                while chunk := sock.recv(65536):
+                    raw += chunk
+                answers.append(parse_answer(raw))
+            served = exchange(port, request("GET", "/healthz"), source="127.0.0.3")
+        return answers, served
+
+    answers, served = await asyncio.to_thread(refused_then_served)
+    assert [answer.status for answer in answers] == [413] * 4
+    assert all(answer.headers.get("connection") == "close" for answer in answers)
+    assert served.status == 200
+
+
 # --- several processes share one throttle ----------------------------------------------
 
 
