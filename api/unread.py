@@ -13,7 +13,11 @@ stayed open for those 10 s for nothing. ``response.force_close()`` only says
 So such an answer is marked (``abandon_body``); once it is written, the
 connection is half-closed at once (the client sees the end of the answer
 now) and whatever still arrives is read and dropped for a brief moment only,
-so that a body already in flight does not turn the answer into a reset.
+so that a body already in flight does not turn the answer into a reset. Only
+so much is dropped (``ABANDONED_BODY_DRAIN``): a client that keeps sending
+after the answer is not in flight, it is making the server read at wire speed
+for nothing (20 connections reconnecting at once had the process drop 7 GB in
+8 s, a health check taking 250 ms instead of 2), and is cut off.
 """
 
 import asyncio
@@ -25,6 +29,10 @@ from aiohttp.web_request import BaseRequest
 BODY_ABANDONED = web.ResponseKey("body_abandoned", bool)
 # How long a half-closed connection keeps reading and dropping a body in flight.
 ABANDONED_BODY_LINGER = 0.5
+# How much of it is dropped at most before the connection is closed at once: more
+# than socket buffers hold in flight, little next to what wire speed moves in
+# ABANDONED_BODY_LINGER.
+ABANDONED_BODY_DRAIN = 256 * 1024
 
 
 def abandon_body(response: web.StreamResponse) -> web.StreamResponse:
@@ -37,6 +45,18 @@ def abandon_body(response: web.StreamResponse) -> web.StreamResponse:
 class ClosingHandler(RequestHandler):
     """aiohttp's connection protocol, closing without its long linger after an
     answer marked by ``abandon_body``."""
+
+    _draining: asyncio.Transport | None = None
+    _drain_left = ABANDONED_BODY_DRAIN
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._draining
+        if transport is None:
+            super().data_received(data)
+            return
+        self._drain_left -= len(data)
+        if self._drain_left < 0:
+            transport.close()
 
     async def finish_response(
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
@@ -59,6 +79,7 @@ class ClosingHandler(RequestHandler):
             transport.close()
             return
         transport.write_eof()
+        self._draining = transport
         # Reading may be paused (a full body buffer): drain means read.
         transport.resume_reading()
         self._loop.call_later(ABANDONED_BODY_LINGER, transport.close)
