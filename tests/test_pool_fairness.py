@@ -43,9 +43,16 @@ async def test_asyncpg_pool_alone_lets_late_comers_overtake(database_uri: str) -
     async def no_reset(_: asyncpg.Connection) -> None:
         return None
 
-    pool = await asyncpg.create_pool(database_uri, min_size=2, max_size=2, reset=no_reset)
-    try:
-        served = await _grant_order(pool)
-    finally:
-        await pool.close()
-    assert served != sorted(served)
+    # Whether late-comers overtake depends on scheduling that settles per pool, so a
+    # pool now and then serves in order by chance; a fair pool never serves out of order.
+    orders = []
+    for _ in range(8):
+        pool = await asyncpg.create_pool(database_uri, min_size=2, max_size=2, reset=no_reset)
+        try:
+            served = await _grant_order(pool)
+        finally:
+            await pool.close()
+        orders.append(served == sorted(served))
+        if not orders[-1]:
+            break
+    assert not all(orders), f"{len(orders)} pools, every one served in arrival order"
