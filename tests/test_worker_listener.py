@@ -4,6 +4,8 @@ import asyncio
 
 import asyncpg
 
+from db import gate as db_gate
+from db.gate import GateState
 from shared.localpg import LocalPostgres
 from tests.helpers import add_order, eventually, make_user, status_of
 from tests.worker_harness import FakeAccrual, json_reply, running_worker
@@ -80,3 +82,21 @@ async def test_the_listener_keeps_trying_while_the_database_is_unreachable(
     assert not task.done() and listener.connects == 0 and not woken.is_set()
     listener.stop()
     await asyncio.wait_for(task, 2)
+
+
+async def test_a_pause_recorded_while_not_listening_is_learned_on_connect(
+    pool: asyncpg.Pool, database_uri: str
+) -> None:
+    # Its NOTIFY went out before this process listened (a replica starting, or
+    # reconnecting after a lost connection): the connect itself must tell of it.
+    await db_gate.record_pause(pool, seconds=30, rate_per_minute=600)
+    heard: list[GateState] = []
+    listener = Listener(database_uri, on_new_order=lambda: None, on_pause=heard.append)
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 5)
+    finally:
+        listener.stop()
+        await asyncio.wait_for(task, 5)
+    assert len(heard) == 1
+    assert 20 < heard[0].pause_left <= 30 and heard[0].rate_per_minute == 600

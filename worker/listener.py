@@ -2,9 +2,9 @@
 
 A dead listening connection must not leave the worker asleep: asyncpg's
 termination listener reports a closed connection at once, a periodic probe
-catches one that died silently, and every (re)connect wakes the worker in
-case orders arrived while nobody was listening. The claim loop's polling
-fallback covers the gaps in between.
+catches one that died silently, and every (re)connect reads the gate and
+wakes the worker, in case a pause began or orders arrived while nobody was
+listening. The claim loop's polling fallback covers the gaps in between.
 """
 
 import asyncio
@@ -17,7 +17,7 @@ import structlog
 
 from db import gate as db_gate
 from db import queue
-from shared.pg import WORTH_RETRYING
+from shared.pg import SERVER_SETTINGS, WORTH_RETRYING
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +57,11 @@ class Listener:
                 conn = await asyncpg.connect(
                     self._dsn,
                     timeout=self._timeout,
-                    server_settings={"application_name": "gophermart-worker-listen"},
+                    # The pool's settings (the schema's search path): the gate is read here too.
+                    server_settings={
+                        **SERVER_SETTINGS,
+                        "application_name": "gophermart-worker-listen",
+                    },
                 )
             except WORTH_RETRYING as exc:
                 log.warning("cannot connect to listen", error=repr(exc), retry_in=backoff)
@@ -82,6 +86,11 @@ class Listener:
         conn.add_termination_listener(lambda _conn: self._kick.set())
         await conn.add_listener(db_gate.PAUSE_CHANNEL, self._pause_notified)
         await conn.add_listener(queue.NEW_ORDER_CHANNEL, self._order_notified)
+        # A pause recorded while nobody listened here was announced to nobody here:
+        # read the gate now that every later one will be heard. Otherwise calls
+        # already claimed would go on until the next claim reported it.
+        self._on_pause(await asyncio.wait_for(db_gate.read_gate(conn), self._timeout))
+        await asyncio.wait_for(queue.listen_ping(conn), self._timeout)  # last statement: LISTEN
         self.connects += 1
         self.connected.set()
         log.info("listening for new orders", connects=self.connects)
