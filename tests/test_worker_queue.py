@@ -236,6 +236,18 @@ async def test_nothing_is_claimed_while_the_gate_is_paused(pool: asyncpg.Pool) -
     assert len((await queue.claim(pool, limit=10, lease=30)).orders) == 1
 
 
+async def test_neither_claim_path_hands_out_an_order_during_a_pause(pool: asyncpg.Pool) -> None:
+    # One user's orders take the claim's fast path, two users' the turn-by-turn ranking.
+    first, second = await make_user(pool, "first"), await make_user(pool, "second")
+    await add_order(pool, first, NUMBERS[0])
+    await db_gate.record_pause(pool, seconds=30, rate_per_minute=None)
+    assert (await queue.claim(pool, limit=10, lease=30)).orders == []
+    await add_order(pool, second, NUMBERS[1])
+    assert (await queue.claim(pool, limit=10, lease=30)).orders == []
+    await db_gate.reset_gate(pool)
+    assert len((await queue.claim(pool, limit=10, lease=30)).orders) == 2
+
+
 async def test_a_pause_is_never_shortened_and_is_notified(
     pool: asyncpg.Pool, database_uri: str
 ) -> None:
