@@ -59,6 +59,12 @@ class RateLimiter:
             )
         elif now - self._paused_at <= self.grace:
             self.stats.in_flight_at_pause += 1
+            self.stats.latest_in_flight = max(self.stats.latest_in_flight, now - self._paused_at)
         else:
+            late = now - self._paused_at
             self.stats.requests_during_pause += 1
+            if late > self.stats.latest_during_pause:
+                self.stats.latest_during_pause = late
+                self.stats.pause_with_latest = self.stats.pauses
+            log.warning("request during a pause", pause=self.stats.pauses, after=round(late, 3))
         return max(1, math.ceil(self._window_end - now))

@@ -15,6 +15,11 @@ class Stats:
     pauses: int = 0  # distinct pauses announced (the first 429 of a window)
     requests_during_pause: int = 0  # arrived after a pause was announced, past the grace
     in_flight_at_pause: int = 0  # arrived within the grace: already sent when told to stop
+    # The latest of the requests during a pause: seconds after its pause was
+    # announced, and which pause (1 = the first) it was.
+    latest_during_pause: float = 0.0
+    latest_in_flight: float = 0.0  # the same for the latest request within the grace
+    pause_with_latest: int = 0
     injected_500s: int = 0
     injected_latencies: int = 0
     orders_registered: int = 0
