@@ -21,7 +21,7 @@ from aiohttp import web
 from api.errors import ApiError
 from api.passwords import Work
 from db import throttle
-from shared.pg import WORTH_RETRYING
+from shared.pg import WORTH_RETRYING, PoolBusy
 from shared.settings import ApiSettings
 
 log = structlog.get_logger(__name__)
@@ -237,13 +237,17 @@ class LoginAttempt:
     succeeded = False
 
 
+# A busy pool (PoolBusy) is overload, not a fault: the next sweep catches up.
+_SWEEP_LATER: tuple[type[BaseException], ...] = (*WORTH_RETRYING, PoolBusy)
+
+
 async def sweep_forever(pool: asyncpg.Pool, every: float = SWEEP_EVERY) -> None:
     """Delete spent throttle rows now and then (several processes sweeping is harmless)."""
     while True:
         await asyncio.sleep(every)
         try:
             swept = await throttle.sweep(pool)
-        except WORTH_RETRYING as exc:
+        except _SWEEP_LATER as exc:
             log.warning("cannot sweep throttle rows", error=repr(exc))
             continue
         if swept:

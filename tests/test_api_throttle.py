@@ -18,8 +18,9 @@ from api.devices import DEVICE_COOKIE, TRUSTED_PER_WINDOW
 from api.metrics import METRICS
 from api.passwords import HashQueue, Work
 from api.state import DEVICES, PASSWORDS
-from api.throttle import address_key
+from api.throttle import address_key, sweep_forever
 from db import throttle
+from shared.pg import create_pool
 from shared.settings import ApiSettings
 from tests.helpers import eventually, register
 
@@ -157,6 +158,23 @@ async def test_spent_throttle_rows_are_swept(pool: asyncpg.Pool) -> None:
     await asyncio.sleep(0.01)
     assert await throttle.sweep(pool) == 50
     assert await pool.fetchval("SELECT array_agg(key) FROM throttle") == ["register:current"]
+
+
+async def test_the_sweeper_outlives_a_busy_pool(database_uri: str) -> None:
+    """A pool with no connection free (PoolBusy) is overload: the sweeper tries again later."""
+    busy = await create_pool(database_uri, min_size=1, max_size=1, acquire_timeout=0.01)
+    sweeper = asyncio.create_task(sweep_forever(busy, every=0.01))
+    try:
+        await throttle.hit(busy, "register:made-up", 10, 0.001)
+        async with busy.acquire():
+            await asyncio.sleep(0.2)  # many sweeps find the pool busy
+        assert not sweeper.done()
+        await eventually(
+            lambda: busy.fetchval("SELECT count(*) = 0 FROM throttle"), within=10, what="a sweep"
+        )
+    finally:
+        sweeper.cancel()
+        await busy.close()
 
 
 @pytest.mark.parametrize(
