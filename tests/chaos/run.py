@@ -101,7 +101,10 @@ class ChaosConfig:
     # already sent. On 2 shared cores the other replicas hear of a pause through
     # PostgreSQL ~60 ms later and the simulator's own loop lags ~100 ms; the
     # default 50 ms would count those requests, sent before anyone could know.
-    # (At load 12 the latest of them came 0.04-0.08 s after; the figures show it.)
+    # At load 12 the latest of them came 0.04-0.08 s after (the figures show it),
+    # but with busy loops saturating both cores one replica's first 32 calls once
+    # arrived up to 0.5 s after, in the run's first burst, and failed the audit
+    # (a stall: exactly one replica's concurrency, all sent before any 429).
     # A replica started after a SIGKILL that was not yet listening when a pause
     # was recorded reads the gate as its listener connects, not at its next claim.
     pause_grace: float = 0.25
