@@ -66,6 +66,23 @@ def address_key(text: str) -> str:
     return str(ip)
 
 
+def forwarded_ip(entry: str) -> str | None:
+    """The address in one X-Forwarded-For entry, with or without a port; None if none.
+
+    Some proxies append ``ip:port`` or ``[ipv6]:port``: read as unparsable, every
+    client behind them would count as the proxy, one address shared by all.
+    """
+    text = entry.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
 class ClientAddress:
     """The client's address key (address_key): the TCP peer's, or a trusted proxy's word."""
 
@@ -86,11 +103,8 @@ class ClientAddress:
             return address_key(peer)
         # The entry our proxy appended is the last one; earlier ones are the client's word.
         forwarded = request.headers.getall("X-Forwarded-For", [])
-        last = ",".join(forwarded).rsplit(",", 1)[-1].strip()
-        try:
-            return address_key(str(ipaddress.ip_address(last)))
-        except ValueError:
-            return address_key(peer)
+        last = forwarded_ip(",".join(forwarded).rsplit(",", 1)[-1])
+        return address_key(last if last is not None else peer)
 
 
 class Throttle:

@@ -18,7 +18,7 @@ from api.devices import DEVICE_COOKIE, TRUSTED_PER_WINDOW
 from api.metrics import METRICS
 from api.passwords import HashQueue, Work
 from api.state import DEVICES, PASSWORDS
-from api.throttle import address_key, sweep_forever
+from api.throttle import ClientAddress, address_key, sweep_forever
 from db import throttle
 from shared.pg import create_pool
 from shared.settings import ApiSettings
@@ -175,6 +175,24 @@ async def test_the_sweeper_outlives_a_busy_pool(database_uri: str) -> None:
     finally:
         sweeper.cancel()
         await busy.close()
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("192.0.2.7:51234", "192.0.2.7"),
+        ("[2001:db8:1:2::1]:443", "2001:db8:1:2::/64"),
+        ("[2001:db8:1:2::1]", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("spoofed, 192.0.2.8:80", "192.0.2.8"),
+        ("unknown", "127.0.0.1"),
+        ("192.0.2.7:80:80", "127.0.0.1"),
+    ],
+)
+def test_a_trusted_proxys_entry_is_read_with_or_without_a_port(forwarded: str, key: str) -> None:
+    request = make_mocked_request("GET", "/", headers={"X-Forwarded-For": forwarded})
+    assert ClientAddress("127.0.0.1")(request.clone(remote="127.0.0.1")) == key
 
 
 @pytest.mark.parametrize(
