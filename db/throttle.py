@@ -1,6 +1,6 @@
 """Throttle counters in PostgreSQL, shared by every API process and replica.
 
-The functions and the table are in migrations 0006 and 0016; each call here is one
+The functions and the table are in migrations 0006, 0016 and 0017; each call here is one
 statement, so concurrent attempts are counted one after another on the row
 of their key and no check-then-act gap exists between processes.
 """
@@ -12,18 +12,9 @@ import asyncpg
 _RESERVE_LOGIN = "SELECT reserve_login_attempt_counted($1, $2, $3, $4, $5, $6)"
 
 # Success forgets the pair's failures and gives back the login-wide and the
-# address's hits; an attempt that was never verified gives back all three.
-_REFUND_LOGIN = """
-WITH whole AS (
-    UPDATE throttle SET hits = greatest(hits - 1, 0) WHERE key = 'login:' || $1
-), address AS (
-    UPDATE throttle SET hits = greatest(hits - 1, 0) WHERE key = 'address:' || $2
-), forgotten AS (
-    DELETE FROM throttle WHERE key = 'pair:' || $2 || ' ' || $1 AND $3
-)
-UPDATE throttle SET hits = greatest(hits - 1, 0)
-WHERE key = 'pair:' || $2 || ' ' || $1 AND NOT $3
-"""
+# address's hits; an attempt that was never verified gives back all three. The
+# function takes the rows in the order reserving does (migration 0017).
+_REFUND_LOGIN = "SELECT refund_login_attempt($1, $2, $3)"
 
 # The failures (and attempts in progress) in their windows of the pair ($1, $2)
 # and of the address $2 on any logins. A read: it leaves nothing behind.

@@ -160,6 +160,32 @@ async def test_spent_throttle_rows_are_swept(pool: asyncpg.Pool) -> None:
     assert await pool.fetchval("SELECT array_agg(key) FROM throttle") == ["register:current"]
 
 
+async def test_concurrent_reservations_and_refunds_of_one_pair_never_deadlock(
+    pool: asyncpg.Pool,
+) -> None:
+    """Reserving and giving back take the pair's rows in one order (login, pair, address).
+
+    Taken in different orders, a login's reservation and another attempt's refund
+    of the same pair deadlocked, and the login got a 500.
+    """
+
+    async def attempts(n: int) -> None:
+        for i in range(40):
+            wait = await throttle.reserve_login(
+                pool,
+                "shared",
+                "192.0.2.9",
+                pair_limit=10**6,
+                login_limit=10**6,
+                free_failures=10**6,
+                window=60,
+            )
+            assert wait is None
+            await throttle.refund_login(pool, "shared", "192.0.2.9", succeeded=(n + i) % 2 == 0)
+
+    await asyncio.gather(*(attempts(n) for n in range(8)))
+
+
 async def test_the_sweeper_outlives_a_busy_pool(database_uri: str) -> None:
     """A pool with no connection free (PoolBusy) is overload: the sweeper tries again later."""
     busy = await create_pool(database_uri, min_size=1, max_size=1, acquire_timeout=0.01)
