@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -238,6 +239,8 @@ def gophermart(home: Path) -> Iterator[tuple[subprocess.Popen[bytes], list[str]]
     with (home / "gophermart.log").open("ab") as log:
         runner = subprocess.Popen(command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
     enter = ["nsenter", f"--net=/proc/{runner.pid}/ns/net"] if private else []
+    if private:
+        _await_own_network(runner)
     try:
         yield runner, enter
     except BaseException:
@@ -254,6 +257,24 @@ def gophermart(home: Path) -> Iterator[tuple[subprocess.Popen[bytes], list[str]]
         raise
     assert code == 0, _tail(home / "gophermart.log")
     assert (home / ".data" / "postgres" / "pgdata" / "PG_VERSION").exists()
+
+
+def _await_own_network(runner: subprocess.Popen[bytes]) -> None:
+    """Wait until the runner is in its own network namespace.
+
+    ``unshare`` enters it only once it runs: a shell that entered the runner's
+    namespace before then would be in the host's, where nothing answers on the
+    README's ports (a busy machine hit that race now and then).
+    """
+    host = os.readlink("/proc/self/ns/net")
+    for _ in range(500):
+        if runner.poll() is not None:
+            return  # the caller's wait reports the exit, with the log
+        with contextlib.suppress(FileNotFoundError):
+            if os.readlink(f"/proc/{runner.pid}/ns/net") != host:
+                return
+        time.sleep(0.02)
+    raise AssertionError("gophermart did not enter its own network namespace")
 
 
 @pytest.fixture
