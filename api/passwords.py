@@ -59,10 +59,10 @@ class Work(enum.IntEnum):
     REGISTRATION = 1
     # A login whose address or login-and-address pair failed recently (api.throttle):
     # served after everything else, and the first refused when logins fill the queue.
-    SUSPECT_LOGIN = 2
+    FLAGGED_LOGIN = 2
 
 
-_LOGINS = (Work.TRUSTED_LOGIN, Work.LOGIN, Work.SUSPECT_LOGIN)
+_LOGINS = (Work.TRUSTED_LOGIN, Work.LOGIN, Work.FLAGGED_LOGIN)
 
 
 class HashingBusy(Exception):
@@ -164,9 +164,9 @@ class HashQueue:
             return len(self._waiting[work]) < self._registrations
         if sum(len(self._waiting[w]) for w in _LOGINS) < self._limit:
             return True
-        if work is Work.SUSPECT_LOGIN:
+        if work is Work.FLAGGED_LOGIN:
             return False
-        suspects = self._waiting[Work.SUSPECT_LOGIN]
+        suspects = self._waiting[Work.FLAGGED_LOGIN]
         if suspects:
             if evict:
                 self._evict(suspects, suspects[-1])

@@ -137,7 +137,7 @@ class Throttle:
         pair, address = await throttle.login_standing(pool, login, self.client_address(request))
         free = min(FREE_FAILURES, settings.login_max_failures)
         suspect = pair >= free or address >= settings.login_address_free_failures
-        return (Work.SUSPECT_LOGIN if suspect else Work.LOGIN), address
+        return (Work.FLAGGED_LOGIN if suspect else Work.LOGIN), address
 
     def password_change_work(
         self, pool: asyncpg.Pool, request: web.Request, user_id: int

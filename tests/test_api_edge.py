@@ -72,12 +72,12 @@ async def test_a_clean_login_takes_the_place_of_a_suspect_or_crowding_one() -> N
 
     running = asyncio.create_task(job(Work.LOGIN, "running", "r"))
     await asyncio.sleep(0)
-    suspects = [asyncio.create_task(job(Work.SUSPECT_LOGIN, f"s{i}", "s")) for i in range(2)]
+    suspects = [asyncio.create_task(job(Work.FLAGGED_LOGIN, f"s{i}", "s")) for i in range(2)]
     crowd = [asyncio.create_task(job(Work.LOGIN, f"c{i}", "c", rank=5)) for i in range(2)]
     await asyncio.sleep(0)
-    assert queue.waiting(Work.LOGIN) + queue.waiting(Work.SUSPECT_LOGIN) == 4  # full
+    assert queue.waiting(Work.LOGIN) + queue.waiting(Work.FLAGGED_LOGIN) == 4  # full
     with pytest.raises(HashingBusy):  # a suspect login finds no place
-        queue.check(Work.SUSPECT_LOGIN, "t")
+        queue.check(Work.FLAGGED_LOGIN, "t")
     # Clean logins take the newest suspect's place, one after the other...
     clean = [asyncio.create_task(job(Work.LOGIN, f"a{i}", f"a{i}")) for i in range(2)]
     await asyncio.sleep(0)
