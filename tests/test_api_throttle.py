@@ -6,6 +6,7 @@ Client addresses are varied through X-Forwarded-For from a trusted proxy
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -269,42 +270,59 @@ async def sprayed(aiohttp_client: Any, api_settings: ApiSettings) -> TestClient:
     return await aiohttp_client(create_app(settings))  # type: ignore[no-any-return]
 
 
-async def test_a_spray_from_20_addresses_does_not_keep_a_clean_login_out(
-    sprayed: TestClient,
-) -> None:
-    await register(sprayed, "alice", "alice-password")
+async def spray_then_log_in(
+    client: TestClient, origin: Callable[[int, int], str], login: str, password: str, address: str
+) -> tuple[list[int], list[int]]:
+    """80 made-up logins kept in flight (lane ``l``'s ``i``-th from ``origin(l, i)``)
+    until the hashing queue overflows; then 5 right logins. (The spray's statuses,
+    the customer's.)"""
     stop = asyncio.Event()
     seen: list[int] = []
 
-    async def spray(address: str, lane: int) -> None:
-        i = 0
-        while not stop.is_set():
-            status, _ = await attempt(sprayed, "x", address=address, login=f"no-{lane}-{i}")
+    async def spray(lane: int) -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            made_up = f"no-{lane}-{i}"
+            status, _ = await attempt(client, "x", address=origin(lane, i), login=made_up)
             seen.append(status)
-            i += 1
 
-    # 20 addresses, each with as many logins in flight as its share allows: 80
-    # at once, more than the queue holds.
-    sprayers = [
-        asyncio.create_task(spray(f"203.0.113.{a}", a * 4 + lane))
-        for a in range(20)
-        for lane in range(4)
-    ]
+    sprayers = [asyncio.create_task(spray(lane)) for lane in range(80)]
     try:
 
         async def queue_overflowed() -> bool:
             return 503 in seen
 
         await eventually(queue_overflowed, within=60)
-        # The lever worked for the sprayers (their own logins meet a full queue)
-        # but not against the customer: every one of her logins gets in.
         mine = [
-            (await attempt(sprayed, "alice-password", address="198.51.100.77", login="alice"))[0]
-            for _ in range(5)
+            (await attempt(client, password, address=address, login=login))[0] for _ in range(5)
         ]
     finally:
         stop.set()
         await asyncio.gather(*sprayers)
+    return seen, mine
+
+
+def from_20_addresses(lane: int, _: int) -> str:
+    """4 lanes per address: as many logins in flight as an address's share allows."""
+    return f"203.0.113.{lane // 4}"
+
+
+def from_fresh_addresses(lane: int, i: int) -> str:
+    """Every made-up login from an address of its own."""
+    n = lane * 100_000 + i + 1
+    return f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}"
+
+
+async def test_a_spray_from_20_addresses_does_not_keep_a_clean_login_out(
+    sprayed: TestClient,
+) -> None:
+    await register(sprayed, "alice", "alice-password")
+    # 80 at once from 20 addresses, more than the queue holds: the lever works for
+    # the sprayers (their own logins meet a full queue) but not against the customer.
+    seen, mine = await spray_then_log_in(
+        sprayed, from_20_addresses, "alice", "alice-password", "198.51.100.77"
+    )
     assert mine == [200] * 5
     assert set(seen) <= {401, 429, 503}
 
@@ -390,34 +408,9 @@ async def test_a_customer_who_mistyped_once_still_gets_in_during_a_spray(
     # refused with it while the spray fills the queue.
     await register(sprayed, "bob", "bob-password")
     assert (await attempt(sprayed, "typo", address="198.51.100.78", login="bob"))[0] == 401
-    stop = asyncio.Event()
-    seen: list[int] = []
-
-    async def spray(address: str, lane: int) -> None:
-        i = 0
-        while not stop.is_set():
-            status, _ = await attempt(sprayed, "x", address=address, login=f"no-{lane}-{i}")
-            seen.append(status)
-            i += 1
-
-    sprayers = [
-        asyncio.create_task(spray(f"203.0.113.{a}", a * 4 + lane))
-        for a in range(20)
-        for lane in range(4)
-    ]
-    try:
-
-        async def queue_overflowed() -> bool:
-            return 503 in seen
-
-        await eventually(queue_overflowed, within=60)
-        mine = [
-            (await attempt(sprayed, "bob-password", address="198.51.100.78", login="bob"))[0]
-            for _ in range(5)
-        ]
-    finally:
-        stop.set()
-        await asyncio.gather(*sprayers)
+    _, mine = await spray_then_log_in(
+        sprayed, from_20_addresses, "bob", "bob-password", "198.51.100.78"
+    )
     assert mine == [200] * 5
 
 
@@ -429,31 +422,9 @@ async def test_a_device_cookie_gets_a_returning_customer_through_a_spray_of_clea
     # cookie (handed out at registration) puts her ahead of them all.
     await register(sprayed, "dora", "dora-password")
     assert any(cookie.key == DEVICE_COOKIE for cookie in sprayed.session.cookie_jar)
-    stop = asyncio.Event()
-    seen: list[int] = []
-    numbers = itertools.count(1)
-
-    async def spray() -> None:
-        while not stop.is_set():
-            i = next(numbers)
-            address = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
-            status, _ = await attempt(sprayed, "x", address=address, login=f"no-{i}")
-            seen.append(status)
-
-    sprayers = [asyncio.create_task(spray()) for _ in range(80)]
-    try:
-
-        async def queue_overflowed() -> bool:
-            return 503 in seen
-
-        await eventually(queue_overflowed, within=60)
-        mine = [
-            (await attempt(sprayed, "dora-password", address="198.51.100.79", login="dora"))[0]
-            for _ in range(5)
-        ]
-    finally:
-        stop.set()
-        await asyncio.gather(*sprayers)
+    _, mine = await spray_then_log_in(
+        sprayed, from_fresh_addresses, "dora", "dora-password", "198.51.100.79"
+    )
     assert mine == [200] * 5
 
 
