@@ -21,7 +21,7 @@ from api.arrival import arrived
 from api.errors import CLIENT_GONE, client_gone
 from db import orders
 from shared.metrics import LATENCY_BUCKETS, new_registry
-from shared.pg import WORTH_RETRYING, PoolBusy
+from shared.pg import WORTH_RETRYING_OR_BUSY
 from shared.statuses import OrderStatus
 
 log = structlog.get_logger(__name__)
@@ -48,8 +48,6 @@ SHED_CAUSES = (
 )
 
 ORDERS_QUERY_TIMEOUT = 1.0
-# A scrape leaves the count out on these (a busy pool is no reason to wait).
-_COUNT_FAILED: tuple[type[BaseException], ...] = (*WORTH_RETRYING, PoolBusy)
 
 _Children = tuple[Counter, Histogram, Counter | None]
 
@@ -184,7 +182,7 @@ async def orders_by_status(
     try:
         async with asyncio.timeout(within):
             counted = await orders.count_by_status(pool)
-    except _COUNT_FAILED as exc:
+    except WORTH_RETRYING_OR_BUSY as exc:  # a busy pool is no reason to wait
         log.warning("cannot count orders for metrics", error=repr(exc))
         return ()
     # Every status, so each labelled series exists from the first scrape.

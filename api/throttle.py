@@ -21,7 +21,7 @@ from aiohttp import web
 from api.errors import ApiError
 from api.passwords import Work
 from db import throttle
-from shared.pg import WORTH_RETRYING, PoolBusy
+from shared.pg import WORTH_RETRYING_OR_BUSY
 from shared.settings import ApiSettings
 
 log = structlog.get_logger(__name__)
@@ -251,17 +251,13 @@ class LoginAttempt:
     succeeded = False
 
 
-# A busy pool (PoolBusy) is overload, not a fault: the next sweep catches up.
-_SWEEP_LATER: tuple[type[BaseException], ...] = (*WORTH_RETRYING, PoolBusy)
-
-
 async def sweep_forever(pool: asyncpg.Pool, every: float = SWEEP_EVERY) -> None:
     """Delete spent throttle rows now and then (several processes sweeping is harmless)."""
     while True:
         await asyncio.sleep(every)
         try:
             swept = await throttle.sweep(pool)
-        except _SWEEP_LATER as exc:
+        except WORTH_RETRYING_OR_BUSY as exc:  # the next sweep catches up
             log.warning("cannot sweep throttle rows", error=repr(exc))
             continue
         if swept:

@@ -80,6 +80,11 @@ class PoolBusy(Exception):
         self.waited = waited
 
 
+# What a task on a FairPool tries again later: the above, or no connection free
+# before its deadline (overload, not a fault).
+WORTH_RETRYING_OR_BUSY: tuple[type[BaseException], ...] = (*WORTH_RETRYING, PoolBusy)
+
+
 # Whose work the current task does (the API binds the customer of the request):
 # connections are shared out per key, so no one key can hold the whole pool.
 SHARE_KEY: ContextVar[int | None] = ContextVar("pool_share_key", default=None)

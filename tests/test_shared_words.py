@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 
 from api.openapi import document
-from shared.pg import DATABASE_DOWN, WORTH_RETRYING
+from shared.pg import DATABASE_DOWN, WORTH_RETRYING, WORTH_RETRYING_OR_BUSY, PoolBusy
 from shared.statuses import FINAL_STATUSES, AccrualStatus, OrderStatus
 
 _LITERAL = re.compile(r"'([A-Z]+)'::text")
@@ -78,7 +78,15 @@ def test_an_error_postgresql_reports_is_worth_retrying_but_not_down(exc: BaseExc
     assert isinstance(exc, WORTH_RETRYING)
 
 
+def test_a_busy_pool_is_retried_later_by_background_tasks_only() -> None:
+    exc = PoolBusy("pool", 1.0)
+    assert isinstance(exc, WORTH_RETRYING_OR_BUSY)
+    assert not isinstance(exc, WORTH_RETRYING)
+    assert isinstance(asyncpg.DeadlockDetectedError("deadlock detected"), WORTH_RETRYING_OR_BUSY)
+
+
 @pytest.mark.parametrize("exc", [ValueError("a bug"), KeyError("k"), asyncio.CancelledError()])
 def test_a_bug_or_a_cancellation_is_neither(exc: BaseException) -> None:
     assert not isinstance(exc, DATABASE_DOWN)
     assert not isinstance(exc, WORTH_RETRYING)
+    assert not isinstance(exc, WORTH_RETRYING_OR_BUSY)
