@@ -53,6 +53,7 @@ class HostileAccrual:
     upstream: str | None = None
     script: dict[str, str] = field(default_factory=dict)
     asked: Counter[str] = field(default_factory=Counter)
+    sequence: list[str] = field(default_factory=list)  # every number asked, in order
     by_behaviour: Counter[str] = field(default_factory=Counter)
     trap_hits: int = 0
     _session: aiohttp.ClientSession | None = None
@@ -90,6 +91,7 @@ class HostileAccrual:
     async def _order(self, request: web.Request) -> web.StreamResponse:
         number = request.match_info["number"]
         self.asked[number] += 1
+        self.sequence.append(number)
         default = "proxy" if self.upstream else "unknown"
         behaviour = self.script.get(number, default)
         if behaviour.startswith("once:"):  # hostile the first time, then as usual
